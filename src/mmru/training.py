@@ -1,0 +1,109 @@
+"""Everything ``train.py`` does, as functions a test can call with a composed config."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from mmru.data import RobustDataModule
+from mmru.module import RobustClassifier
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message is one sentence for users."""
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Reject values that would only fail (or silently misbehave) later in the run."""
+    checks = [
+        ("lr", cfg.lr, "a positive number"),
+        ("batch_size", cfg.batch_size, "a positive integer"),
+        ("trainer.max_epochs", cfg.trainer.max_epochs, "a positive integer"),
+    ]
+    checks += [(f"dataset.eps.{k}", v, "a positive number") for k, v in cfg.dataset.eps.items()]
+    for key, value, what in checks:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
+            raise ConfigError(f"{key} must be {what}, got {value!r}.")
+    if not 0 <= cfg.dataset.val_fraction < 1:
+        raise ConfigError(f"dataset.val_fraction must lie in [0, 1), got {cfg.dataset.val_fraction!r}.")
+
+
+def build_datamodule(cfg: DictConfig) -> RobustDataModule:
+    return hydra.utils.instantiate(cfg.datamodule)
+
+
+def net_recipe(cfg: DictConfig) -> dict[str, Any]:
+    """The model config as plain data: stored in checkpoints to rebuild the net without pickle."""
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def build_module(cfg: DictConfig) -> RobustClassifier:
+    recipe = net_recipe(cfg)
+    net = hydra.utils.instantiate(recipe)
+    regularizer = hydra.utils.instantiate(cfg.regularizer)
+    run_config = {
+        "dataset": cfg.dataset.name,
+        "eps": OmegaConf.to_container(cfg.dataset.eps, resolve=True),
+        "regularizer": cfg.regularizer_name,
+        "seed": cfg.seed,
+    }
+    return RobustClassifier(net, regularizer, lr=cfg.lr, net_config=recipe, run_config=run_config)
+
+
+def build_callbacks(cfg: DictConfig, has_validation: bool) -> list[L.Callback]:
+    callbacks = []
+    for name, conf in (cfg.get("callbacks") or {}).items():
+        if conf is None:
+            continue
+        overrides = {}
+        if name == "checkpoint" and not has_validation:
+            # No held-out split: "best" would have to be judged on training data; keep the latest.
+            overrides = {"monitor": None, "save_top_k": 1}
+        callbacks.append(hydra.utils.instantiate(conf, **overrides))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = [hydra.utils.instantiate(conf) for conf in (cfg.get("logger") or {}).values() if conf is not None]
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the best (or last) checkpoint; returns the final metrics."""
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.check_sample_shape()
+    module = build_module(cfg)
+    loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg, datamodule.has_validation)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    metrics["checkpoint"] = best or ""
+    for logger in loggers:
+        logger.log_hyperparams({"checkpoint_path": best or ""})
+    _finish_wandb(loggers)
+    return metrics
+
+
+def _finish_wandb(loggers: list) -> None:
+    # A Hydra multirun trains several runs in one process: each must close its W&B run.
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
