@@ -74,7 +74,7 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best (or last) checkpoint; returns the final metrics."""
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -85,7 +85,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, datamodule.has_validation)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Without a held-out split there is nothing to validate on (and the test set must not be).
+    no_val = {} if datamodule.has_validation else {"limit_val_batches": 0}
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **no_val)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback

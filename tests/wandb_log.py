@@ -1,0 +1,36 @@
+"""Reads the history of an offline W&B run from its ``run-*.wandb`` transaction log.
+
+Offline runs of this wandb version write no ``wandb-summary.json``; the log is a LevelDB-style
+record file (32 KiB blocks, 7-byte record headers) of ``wandb.proto`` Records.
+"""
+
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK = 32768
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def offline_history(run_file: Path) -> dict[str, list[str]]:
+    """Every logged value (as JSON text) of each metric key, in logging order."""
+    data = Path(run_file).read_bytes()
+    pos, pending, history = 7, b"", {}  # 7: the file header ":W&B" + version
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:  # the tail of a block too short for a header is padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:
+            break
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                for item in record.history.item:
+                    history.setdefault(item.key or "/".join(item.nested_key), []).append(item.value_json)
+    return history
