@@ -5,24 +5,15 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from conftest import ROOT
-from mmru.training import ConfigError, train
+from mmru.training import ConfigError, compose_train_config, train
 from wandb_log import offline_history
 
 
 def make_cfg(tmp_path, overrides=()):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["logger=none", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)  # what Hydra sets at run time
-        cfg.regularizer_name = cfg.hydra.runtime.choices.regularizer
-        del cfg.hydra
-    return cfg
+    return compose_train_config(["logger=none", *overrides], tmp_path)
 
 
 SMALL = ["datamodule.limit_train=256", "datamodule.limit_test=128", "batch_size=64",

@@ -3,18 +3,47 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmru.data import RobustDataModule
 from mmru.module import RobustClassifier
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
 class ConfigError(ValueError):
     """A configuration value is out of range; the message is one sentence for users."""
+
+
+def compose_train_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """conf/config.yaml with ``overrides``, as ``train.py`` would see it, outside a Hydra app.
+
+    For scripts and tests: Hydra's compose API does not set the run directory or the
+    runtime choices that the config reads, so they are filled in here.
+    """
+    cfg = compose_config("config", overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.regularizer_name = cfg.hydra.runtime.choices.regularizer
+        del cfg.hydra
+    return cfg
+
+
+def compose_config(name: str, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """Compose ``conf/<name>.yaml``, inside a running Hydra app (multirun jobs) or outside one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(name, overrides=overrides, return_hydra_config=return_hydra_config)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -50,6 +79,7 @@ def build_module(cfg: DictConfig) -> RobustClassifier:
         "eps": OmegaConf.to_container(cfg.dataset.eps, resolve=True),
         "regularizer": cfg.regularizer_name,
         "seed": cfg.seed,
+        "val_fraction": cfg.dataset.val_fraction,
     }
     return RobustClassifier(net, regularizer, lr=cfg.lr, net_config=recipe, run_config=run_config)
 
@@ -98,7 +128,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams({"checkpoint_path": best or ""})
     _finish_wandb(loggers)
+    if cfg.certify_after_training:
+        metrics.update(certify_checkpoint(best or str(_last_checkpoint(trainer)), cfg))
     return metrics
+
+
+def certify_checkpoint(ckpt: str, cfg: DictConfig) -> dict[str, Any]:
+    """Run certify.py's pipeline (conf/certify.yaml + ``certify_overrides``) on ``ckpt``."""
+    from mmru.certification.runner import run_certification
+
+    certify_cfg = compose_config("certify", overrides=[f"ckpt={ckpt}", f"data_dir={cfg.paths.data_dir}",
+                                                *cfg.certify_overrides])
+    summary = run_certification(certify_cfg)
+    prefix = f"certify_{summary['split']}"
+    out = {f"{prefix}/worst_case_ub": summary["worst_case_ub"]}
+    out.update({f"{prefix}/{norm}_{b}": summary[norm][b] for norm in ("l1", "l2", "linf") if norm in summary
+                for b in ("lb", "ub")})
+    return out
+
+
+def _last_checkpoint(trainer: L.Trainer) -> str:
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is None or not checkpoint.last_model_path:
+        raise ConfigError("certify_after_training needs the checkpoint callback (callbacks.checkpoint).")
+    return checkpoint.last_model_path
 
 
 def _finish_wandb(loggers: list) -> None:

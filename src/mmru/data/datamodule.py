@@ -78,7 +78,8 @@ class RobustDataModule(L.LightningDataModule):
 
     def _load(self, train: bool, augment: bool) -> Dataset:
         if self.name == "mnist5k":
-            return load_mnist5k("train" if train else "test", seed=self.seed)
+            # The split's own seed is fixed: runs with other seeds must share one test set.
+            return load_mnist5k("train" if train else "test")
         return build_torchvision_dataset(self.name, self.data_dir, train, self.download, augment)
 
     def prepare_data(self) -> None:

@@ -1,0 +1,23 @@
+"""Lower and upper bounds on the robust test error of a trained checkpoint (Table 1's layout).
+
+    python certify.py ckpt=logs/train/runs/<time>/checkpoints/last.ckpt
+    python certify.py ckpt=... n_points=100 attack=fast mip=false eps.linf=0.05
+    python certify.py -m ckpt=... shard=0,1,2,3 num_shards=4
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from mmru.certification.runner import run_certification
+from mmru.cli import user_errors
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="certify")
+def main(cfg: DictConfig) -> float:
+    with user_errors():
+        summary = run_certification(cfg)
+    return summary["worst_case_ub"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Certification: per-point lower and upper bounds on the robust test error (certify.py)."""

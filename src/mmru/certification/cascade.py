@@ -1,0 +1,157 @@
+"""The per-point certification cascade: cheap certificates first, expensive ones only where needed.
+
+For each norm, on one batch of test points:
+  1. linear region (Theorem 2.1; its exact case also yields counterexamples);
+  2. bound propagation over the l_p ball (KW, then CROWN) on what is still undecided;
+  3. attacks (PGD, then APGD) on what is still undecided: lower bound;
+  4. exact MIP (l_1, l_∞) on what is still undecided, with a per-point time limit.
+A point is *certified* when a method proves r_p(x) > eps, *attacked* when a counterexample of
+norm <= eps passed the float64 re-check (misclassified points: norm 0), else *undecided*.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from mmru.attacks import adversarial_norm, attack, check_adversarial
+from mmru.certification.records import ATTACKED, CERTIFIED, UNDECIDED, PointRecord, finite_or_none
+from mmru.certification.region import region_radii
+from mmru.models import ReLUNet
+from mmru.verify import certify as bound_certify
+from mmru.verify import layer_bounds, mip_verify
+
+INF = math.inf
+NORMS = {"l1": 1.0, "l2": 2.0, "linf": INF}
+
+
+@dataclass
+class CascadeOptions:
+    bounds: tuple[str, ...] = ("kw", "crown")  #: bound-propagation methods, in order
+    attack: str = "strong"  #: 'none', 'fast' (PGD) or 'strong' (PGD + APGD)
+    mip: bool = True  #: exact MIP for l_1 and l_∞ on undecided points
+    mip_time_limit: float = 120.0  #: seconds per point (the paper's setting)
+
+
+@dataclass
+class _State:
+    """Running per-point outcome for one norm."""
+
+    radius: torch.Tensor
+    radius_by: list[str | None]
+    adv_norm: torch.Tensor
+    adv_by: list[str | None]
+    seconds: torch.Tensor
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def certify(self, mask: torch.Tensor, radius: torch.Tensor | float, method: str) -> None:
+        for i in mask.nonzero().flatten().tolist():
+            r = float(radius[i]) if torch.is_tensor(radius) else radius
+            if r > self.radius[i]:
+                self.radius[i], self.radius_by[i] = r, method
+
+    def attacked(self, mask: torch.Tensor, norms: torch.Tensor, method: str) -> None:
+        for i in mask.nonzero().flatten().tolist():
+            if norms[i] < self.adv_norm[i]:
+                self.adv_norm[i], self.adv_by[i] = float(norms[i]), method
+
+
+def certify_batch(
+    net: ReLUNet, indices: list[int], x: torch.Tensor, y: torch.Tensor, eps: dict[str, float], options: CascadeOptions,
+    timings: dict[str, float],
+) -> list[PointRecord]:
+    """All records for one batch and every norm in ``eps``; adds seconds per stage to ``timings``."""
+    net64 = copy.deepcopy(net).double().eval()
+    n = len(indices)
+    with torch.no_grad():
+        correct = net64(x.double()).argmax(1) == y
+    start = time.perf_counter()
+    regions = region_radii(net64, x, y, [NORMS[name] for name in eps])
+    timings["region"] += time.perf_counter() - start
+    records = []
+    for name, radius_eps in eps.items():
+        p = NORMS[name]
+        st = _State(torch.zeros(n, dtype=torch.float64), [None] * n, torch.full((n,), INF, dtype=torch.float64),
+                    [None] * n, torch.zeros(n, dtype=torch.float64))
+        st.attacked(~correct, torch.zeros(n), "misclassified")
+        st.certify(correct, regions[p].radius, "region")
+        st.attacked(regions[p].adversarial, regions[p].adversarial_norm, "region")
+
+        def undecided() -> torch.Tensor:
+            return correct & ~(st.radius > radius_eps) & ~(st.adv_norm <= radius_eps)
+
+        for method in options.bounds:
+            _stage(st, timings, method, undecided(), lambda idx, m=method: st.certify(
+                _full(idx, n, bound_certify(net64, x[idx].double(), y[idx], radius_eps, p, m)), radius_eps, m))
+        if options.attack != "none":
+            _stage(st, timings, "attack", undecided(), lambda idx: _attack(net, x, y, idx, radius_eps, p, options, st))
+        if options.mip and p in (1.0, INF):
+            _stage(st, timings, "mip", undecided(), lambda idx: _mip(net64, x, y, idx, radius_eps, p, options, st))
+        for i in range(n):
+            if st.radius[i] > radius_eps:
+                status = CERTIFIED
+            elif st.adv_norm[i] <= radius_eps:
+                status = ATTACKED
+            else:
+                status = UNDECIDED
+            records.append(PointRecord(
+                index=indices[i], norm=name, eps=radius_eps, label=int(y[i]), correct=bool(correct[i]), status=status,
+                region_radius=float(regions[p].radius[i]), certified_radius=float(st.radius[i]), certified_by=st.radius_by[i],
+                adversarial_norm=finite_or_none(float(st.adv_norm[i])), attacked_by=st.adv_by[i],
+                seconds=float(st.seconds[i]),
+            ))
+    return records
+
+
+def _stage(st: _State, timings: dict[str, float], name: str, todo: torch.Tensor, run) -> None:
+    """Run one stage on the points in ``todo``; its wall time is split evenly among them."""
+    idx = todo.nonzero().flatten()
+    if len(idx) == 0:
+        return
+    start = time.perf_counter()
+    run(idx)
+    spent = time.perf_counter() - start
+    timings[name] += spent
+    st.seconds[idx] += spent / len(idx)
+
+
+def _full(idx: torch.Tensor, n: int, values: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(n, dtype=torch.bool)
+    out[idx] = values
+    return out
+
+
+def _attack(net, x, y, idx, eps, p, options, st: _State) -> None:
+    x_adv = attack(net, x[idx], y[idx], eps, p, strength=options.attack)
+    ok = check_adversarial(net, x[idx], x_adv, y[idx], eps, p)
+    norms = torch.full((len(x),), INF, dtype=torch.float64)
+    norms[idx] = adversarial_norm(x[idx].double(), x_adv.double(), p)
+    st.attacked(_full(idx, len(x), ok), norms, f"pgd+apgd" if options.attack == "strong" else "pgd")
+
+
+def _mip(net64, x, y, idx, eps, p, options, st: _State) -> None:
+    for i in idx.tolist():
+        xi = x[i : i + 1].double()
+        bounds = [tuple(b.detach() for b in lb) for lb in layer_bounds(net64, xi, eps, p, "crown")]
+        start = time.perf_counter()
+        result = mip_verify(net64, xi, int(y[i]), eps, p, time_limit=options.mip_time_limit, bounds=bounds)
+        st.seconds[i] += time.perf_counter() - start
+        if result.status == "robust":
+            st.certify(_one(i, len(x)), eps, "mip")
+        elif result.status == "attacked" and result.counterexample is not None:
+            cx = result.counterexample.view_as(xi)
+            if bool(check_adversarial(net64, xi, cx, y[i : i + 1], eps, p)[0]):
+                norms = torch.full((len(x),), INF, dtype=torch.float64)
+                norms[i] = float(adversarial_norm(xi, cx, p)[0])
+                st.attacked(_one(i, len(x)), norms, "mip")
+
+
+def _one(i: int, n: int) -> torch.Tensor:
+    out = torch.zeros(n, dtype=torch.bool)
+    out[i] = True
+    return out

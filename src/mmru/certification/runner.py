@@ -1,0 +1,138 @@
+"""What ``certify.py`` does: load, choose points, run the cascade resumably, summarise, report."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mmru.certification.cascade import NORMS, CascadeOptions, certify_batch
+from mmru.certification.checkpoint import load_checkpoint
+from mmru.certification.curves import robustness_curves, universal_curve
+from mmru.certification.outputs import print_row, write_outputs
+from mmru.certification.records import (
+    PointRecord,
+    append_records,
+    load_records,
+    rewrite_records,
+    summarize,
+)
+from mmru.cli import UserError
+from mmru.data import RobustDataModule
+from mmru.models import ReLUNet
+
+
+def shard_indices(n_points: int, shard: int, num_shards: int) -> list[int]:
+    """Shard ``shard`` of ``num_shards``: every num_shards-th of the first n_points test points."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise UserError(f"shard must lie in [0, num_shards), got shard={shard} num_shards={num_shards}")
+    return list(range(shard, n_points, num_shards))
+
+
+def default_out_dir(ckpt: str, split: str, shard: int, num_shards: int) -> Path:
+    """<training run dir>/certify[-val], a subfolder per shard: reruns find their earlier records."""
+    run_dir = Path(ckpt).resolve().parent.parent
+    out = run_dir / ("certify" if split == "test" else f"certify-{split}")
+    return out / f"shard{shard}of{num_shards}" if num_shards > 1 else out
+
+
+def test_error(net: ReLUNet, dataset, batch_size: int = 500) -> float:
+    """Error on the whole test set (Table 1's TE)."""
+    wrong = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            wrong += int((net(x).argmax(1) != y).sum())
+    return wrong / len(dataset)
+
+
+def run_certification(cfg: DictConfig) -> dict:
+    if cfg.ckpt is None:
+        raise UserError("give the checkpoint to certify: python certify.py ckpt=<path to .ckpt>")
+    for key in ("n_points", "batch_size"):
+        if not int(cfg[key]) > 0:
+            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    net, run = load_checkpoint(cfg.ckpt)
+    norms = list(cfg.norms)
+    unknown = [name for name in norms if name not in NORMS]
+    if unknown:
+        raise UserError(f"unknown norm {unknown[0]!r}; choose from {', '.join(NORMS)}")
+    eps = {name: float(cfg.eps[name] if cfg.eps.get(name) is not None else run["eps"][name]) for name in norms}
+    if any(not v > 0 for v in eps.values()):
+        raise UserError(f"every eps must be positive, got {eps}")
+    points = _dataset(cfg, run, net)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg.ckpt, cfg.split, cfg.shard, cfg.num_shards)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    indices = shard_indices(min(cfg.n_points, len(points)), cfg.shard, cfg.num_shards)
+    options = CascadeOptions(tuple(cfg.bounds), cfg.attack, cfg.mip, cfg.mip_time_limit)
+
+    timings: dict[str, float] = defaultdict(float)
+    start = time.perf_counter()
+    te = test_error(net, points)
+    timings["test_error"] = time.perf_counter() - start
+    records = _resume(out_dir / "points.jsonl", eps, indices)
+    done = {r.index for r in records}
+    todo = [i for i in indices if i not in done]
+    with _progress(cfg.progress) as bar:
+        task = bar.add_task("certifying", total=len(indices), completed=len(indices) - len(todo))
+        for chunk in range(0, len(todo), cfg.batch_size):
+            batch = todo[chunk : chunk + cfg.batch_size]
+            x = torch.stack([points[i][0] for i in batch])
+            y = torch.tensor([int(points[i][1]) for i in batch])
+            new = certify_batch(net, batch, x, y, eps, options, timings)
+            append_records(out_dir / "points.jsonl", new)
+            records += new
+            bar.advance(task, len(batch))
+    summary = summarize(records, eps, te)
+    summary.update(
+        split=cfg.split, shard=cfg.shard, num_shards=cfg.num_shards, indices=[indices[0], indices[-1]] if indices else [],
+        run={**run, "checkpoint": str(Path(cfg.ckpt).resolve())}, timings_seconds=dict(timings),
+        input_dim=net.input_dim,
+        universal_curve=universal_curve(records, net.input_dim),
+        curves=robustness_curves(records, eps),
+    )
+    write_outputs(summary, out_dir, cfg)
+    print_row(summary)
+    return summary
+
+
+def _dataset(cfg: DictConfig, run: dict, net: ReLUNet):
+    """The test set, or the training run's own validation split (same fraction and seed)."""
+    if cfg.split not in ("test", "val"):
+        raise UserError(f"split must be 'test' or 'val', got {cfg.split!r}")
+    name = cfg.dataset or run.get("dataset")
+    val_fraction = float(run.get("val_fraction") or 0.0)
+    if cfg.split == "val" and not val_fraction > 0:
+        raise UserError("split=val needs a model trained with dataset.val_fraction > 0 (it has no validation split)")
+    dm = RobustDataModule(name, cfg.data_dir, net.input_shape, net.num_classes, download=cfg.download,
+                          val_fraction=val_fraction, seed=int(run.get("seed", 0)))
+    dm.setup("fit" if cfg.split == "val" else "test")
+    return dm.val_set if cfg.split == "val" else dm.test_set
+
+
+def _resume(path: Path, eps: dict[str, float], indices: list[int]) -> list[PointRecord]:
+    """Complete earlier records for these points; points with a missing norm are redone."""
+    records = load_records(path)
+    for r in records:
+        if r.norm in eps and abs(r.eps - eps[r.norm]) > 1e-12 * eps[r.norm]:
+            raise UserError(f"{path} holds results for {r.norm} eps={r.eps}, not {eps[r.norm]}; "
+                            "choose another out_dir or delete it")
+    wanted = set(indices)
+    by_point: dict[int, list[PointRecord]] = defaultdict(list)
+    for r in records:
+        if r.index in wanted and r.norm in eps:
+            by_point[r.index].append(r)
+    complete = [r for rs in by_point.values() if {r.norm for r in rs} == set(eps) and len(rs) == len(eps) for r in rs]
+    others = [r for r in records if r.index not in wanted or r.norm not in eps]
+    if path.is_file():  # drops a torn last line and half-done points before new lines follow
+        rewrite_records(path, others + complete)
+    return complete
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    disable=not enabled)
+
