@@ -127,11 +127,11 @@ def _full(idx: torch.Tensor, n: int, values: torch.Tensor) -> torch.Tensor:
 
 
 def _attack(net, x, y, idx, eps, p, options, st: _State) -> None:
-    x_adv = attack(net, x[idx], y[idx], eps, p, strength=options.attack)
+    x_adv = attack(net, x[idx], y[idx], eps, p, strength=options.attack).detach()
     ok = check_adversarial(net, x[idx], x_adv, y[idx], eps, p)
     norms = torch.full((len(x),), INF, dtype=torch.float64)
     norms[idx] = adversarial_norm(x[idx].double(), x_adv.double(), p)
-    st.attacked(_full(idx, len(x), ok), norms, f"pgd+apgd" if options.attack == "strong" else "pgd")
+    st.attacked(_full(idx, len(x), ok), norms, "pgd+apgd" if options.attack == "strong" else "pgd")
 
 
 def _mip(net64, x, y, idx, eps, p, options, st: _State) -> None:
