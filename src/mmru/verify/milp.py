@@ -1,0 +1,127 @@
+"""A ReLUNet and an input set as a mixed-integer linear program for HiGHS (Tjeng et al.).
+
+Big-M encoding of each hidden unit with pre-activation bounds [l, u] valid over the input set:
+    unstable (l < 0 < u): a >= z, a >= 0, a <= u d, a <= z - l (1 - d), d in {0, 1};
+    active (l >= 0): a = z;  inactive (u <= 0): a = 0, the unit is dropped.
+Conv layers enter through their dense rows (``affine.dense_rows``), kept sparse.
+"""
+
+from __future__ import annotations
+
+import math
+
+import highspy
+import numpy as np
+
+from mmru.models import ReLUNet
+from mmru.verify import affine
+
+INF = math.inf
+
+
+class Program:
+    """A MILP under construction: columns with bounds, rows lo <= <val, x[idx]> <= hi."""
+
+    def __init__(self) -> None:
+        self.col_lo: list[float] = []
+        self.col_hi: list[float] = []
+        self.binary: list[int] = []
+        self.rows: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+
+    def add_cols(self, lo, hi, binary: bool = False) -> np.ndarray:
+        lo, hi = np.atleast_1d(np.asarray(lo, float)), np.atleast_1d(np.asarray(hi, float))
+        first = len(self.col_lo)
+        self.col_lo += lo.tolist()
+        self.col_hi += hi.tolist()
+        cols = np.arange(first, first + len(lo))
+        if binary:
+            self.binary += cols.tolist()
+        return cols
+
+    def add_row(self, idx, val, lo: float, hi: float) -> None:
+        self.rows.append((np.asarray(idx, np.int32), np.asarray(val, float), float(lo), float(hi)))
+
+    def solve(
+        self, cost: dict[int, float], extra_rows: list[tuple], time_limit: float, options: dict
+    ) -> highspy.Highs:
+        """Minimise <cost, x> subject to the rows and ``extra_rows``, in a fresh solver."""
+        rows = self.rows + list(extra_rows)
+        lp = highspy.HighsLp()
+        n = len(self.col_lo)
+        lp.num_col_, lp.num_row_ = n, len(rows)
+        c = np.zeros(n)
+        for j, v in cost.items():
+            c[j] += v
+        lp.col_cost_, lp.col_lower_, lp.col_upper_ = c, np.array(self.col_lo), np.array(self.col_hi)
+        lp.row_lower_ = np.array([r[2] for r in rows])
+        lp.row_upper_ = np.array([r[3] for r in rows])
+        m = lp.a_matrix_
+        m.format_, m.num_col_, m.num_row_ = highspy.MatrixFormat.kRowwise, n, len(rows)
+        m.start_ = np.concatenate([[0], np.cumsum([len(r[0]) for r in rows])]).astype(np.int32)
+        m.index_ = np.concatenate([r[0] for r in rows]).astype(np.int32)
+        m.value_ = np.concatenate([r[1] for r in rows])
+        kinds = np.full(n, highspy.HighsVarType.kContinuous)
+        kinds[self.binary] = highspy.HighsVarType.kInteger
+        lp.integrality_ = kinds.tolist()
+        h = highspy.Highs()
+        for key, value in {"output_flag": False, "time_limit": max(time_limit, 1e-3), **options}.items():
+            h.setOptionValue(key, value)
+        h.passModel(lp)
+        h.run()
+        return h
+
+
+# Feasibility tolerances well below the margins we decide on. One thread: these MILPs are
+# small, HiGHS gains little from threads on them, and points can be spread over processes.
+OPTIONS = {"mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9, "threads": 1}
+
+
+def encode_relu_net(prog: Program, net: ReLUNet, x_cols: np.ndarray, hidden: list[np.ndarray]):
+    """Add the network's hidden layers; return the columns of the last hidden layer (-1: dead).
+
+    ``hidden[k]`` is a [2, n_k] array of bounds on z_k valid over the input set.
+    """
+    prev = x_cols
+    for k, (lo, hi) in enumerate(hidden):
+        w = affine.dense_rows(net, k).detach().cpu().numpy()
+        b = affine.bias_vector(net, k).detach().cpu().numpy()
+        alive = prev >= 0
+        w, cols_in = w[:, alive], prev[alive]
+        cols = np.full(len(b), -1)
+        for j in range(len(b)):
+            if hi[j] <= 0:
+                continue  # always inactive: a = 0, drops out of the next layer
+            nz = np.nonzero(w[j])[0]
+            idx, val = cols_in[nz], w[j, nz]
+            if lo[j] >= 0:  # always active: a = z
+                a = prog.add_cols(lo[j], hi[j])[0]
+                prog.add_row(np.r_[a, idx], np.r_[1.0, -val], b[j], b[j])
+            else:
+                a = prog.add_cols(0.0, hi[j])[0]
+                d = prog.add_cols(0.0, 1.0, binary=True)[0]
+                prog.add_row(np.r_[a, idx], np.r_[1.0, -val], b[j], INF)  # a >= z
+                # a <= z - l (1 - d)
+                prog.add_row(np.r_[a, idx, d], np.r_[1.0, -val, -lo[j]], -INF, b[j] - lo[j])
+                prog.add_row([a, d], [1.0, -hi[j]], -INF, 0.0)  # a <= u d
+            cols[j] = a
+        prev = cols
+    return prev
+
+
+def margin_row(net: ReLUNet, last_cols: np.ndarray, y: int, s: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Columns, coefficients and constant of f_y - f_s in terms of the last hidden layer."""
+    k = len(net.layers) - 1
+    w = affine.dense_rows(net, k).detach().cpu().numpy()
+    b = affine.bias_vector(net, k).detach().cpu().numpy()
+    alive = last_cols >= 0
+    coef = (w[y] - w[s])[alive]
+    return last_cols[alive], coef, float(b[y] - b[s])
+
+
+def abs_deviation(prog: Program, x: np.ndarray, x_cols: np.ndarray, lo, hi) -> np.ndarray:
+    """Columns t with t_i >= |x'_i - x_i| (an l1 distance's parts)."""
+    t = prog.add_cols(0.0 * x, np.maximum(hi - x, x - lo))
+    for i in range(len(x)):
+        prog.add_row([x_cols[i], t[i]], [1.0, -1.0], -INF, x[i])
+        prog.add_row([x_cols[i], t[i]], [-1.0, -1.0], -INF, -x[i])
+    return t

@@ -1,0 +1,156 @@
+"""The exact MIP (HiGHS) on tiny nets: minimal adversarial distances against a brute-force
+grid, agreement of ``mip_verify`` with them, checked counterexamples, and the soundness of
+every bound-propagation certificate against the exact distance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mmru.models import ReLUNet, mlp
+from mmru.verify import certify, layer_bounds, mip_min_distance, mip_verify
+from mmru.verify.bounds import METHODS
+
+INF = math.inf
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, and stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _through_the_box(net: ReLUNet, seed: int) -> ReLUNet:
+    """Re-initialise so that every unit's hyperplane, and the decision boundaries, cross the
+    input box: random weights, each bias the median pre-activation over random inputs.
+    (Default inits leave tiny nets constant on the box, which would make the tests vacuous.)"""
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.rand(512, *net.input_shape, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        for k, layer in enumerate(net.layers):
+            fan_in = layer.weight[0].numel()
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+            h = h.flatten(1) if isinstance(layer, nn.Linear) else h
+            if layer.bias is not None:
+                layer.bias.zero_()
+                layer.bias.sub_(layer(h).transpose(0, 1).flatten(1).median(dim=1).values)
+            h = torch.relu(layer(h))
+    return net
+
+
+def _net(seed: int, d: int = 4) -> ReLUNet:
+    return _through_the_box(mlp((d,), 3, (8, 8)).double(), seed)
+
+
+def _correct_points(net: ReLUNet, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(n, net.input_dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with torch.no_grad():
+        return x, net(x).argmax(1)
+
+
+def _misclassified(net: ReLUNet, point: torch.Tensor, y: int) -> bool:
+    with torch.no_grad():
+        logits = net(point.reshape(1, *net.input_shape))[0]
+    return bool(logits[y] < torch.cat([logits[:y], logits[y + 1 :]]).max())
+
+
+@pytest.mark.parametrize("p", [1.0, INF])
+def test_min_distance_matches_a_brute_force_grid(p):
+    """2-D inputs: the MIP's distance is attained, and no grid point of another class is closer."""
+    net = _net(0, d=2)
+    x, y = _correct_points(net, 3, seed=1)
+    g = torch.linspace(0, 1, 401, dtype=torch.float64)
+    grid = torch.cartesian_prod(g, g)
+    with torch.no_grad():
+        labels = net(grid).argmax(1)
+    for i in range(3):
+        md = mip_min_distance(net, x[i], int(y[i]), p)
+        assert md.optimal and md.lower <= md.distance <= md.lower + 1e-6
+        other = grid[labels != y[i]]
+        if md.point is None:  # the whole box is one class
+            assert len(other) == 0
+            continue
+        assert ((md.point >= 0) & (md.point <= 1)).all()
+        assert abs(float(torch.linalg.vector_norm(md.point - x[i], ord=p)) - md.distance) < 1e-9
+        with torch.no_grad():
+            logits = net(md.point.reshape(1, 2))[0]
+        assert logits[md.target] >= logits[y[i]] - 1e-6
+        nearest = torch.linalg.vector_norm(other - x[i], ord=p, dim=1).min()
+        assert md.distance <= nearest + 1e-12
+        assert md.distance >= nearest - 2.0 / 400 * (2 if p == 1.0 else 1)  # within a grid cell
+
+
+@pytest.mark.parametrize("p", [1.0, INF])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_certificates_and_mip_verify_agree_with_the_exact_distance(p, seed):
+    """Certified at eps => eps < d*; MIP robust below d*, attacked (checked) above it."""
+    net = _net(seed)
+    x, y = _correct_points(net, 3, seed=10 + seed)
+    certified_somewhere = 0
+    for i in range(len(x)):
+        d_star = mip_min_distance(net, x[i], int(y[i]), p)
+        assert d_star.optimal
+        if d_star.point is None:
+            continue
+        d = d_star.distance
+        for factor in (0.3, 0.6, 0.95, 1.0001, 1.05, 1.5):
+            eps = factor * d
+            for method in METHODS:
+                ok = bool(certify(net, x[i : i + 1], y[i : i + 1], eps, p, method))
+                assert not (ok and factor > 1), (method, factor)
+                certified_somewhere += ok
+            if factor in (0.95, 1.05):
+                res = mip_verify(net, x[i], int(y[i]), eps, p)
+                assert res.status == ("robust" if factor < 1 else "attacked")
+                if res.status == "attacked":
+                    adv = res.counterexample
+                    assert float(torch.linalg.vector_norm(adv - x[i], ord=p)) <= eps + 1e-12
+                    assert ((adv >= 0) & (adv <= 1)).all() and _misclassified(net, adv, int(y[i]))
+                else:
+                    assert res.objective_bound > -1e-5 and res.counterexample is None
+    assert certified_somewhere > 0
+
+
+def test_mip_on_a_conv_net():
+    """A conv net is encoded through its dense rows: robust below d*, attacked above it, and
+    CROWN-certified only below it."""
+    layers = [nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.Conv2d(2, 3, 2), nn.Linear(12, 3)]
+    net = _through_the_box(ReLUNet(layers, (1, 6, 6)).double(), 3)
+    x = torch.rand(1, 1, 6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    for p in (INF, 1.0):
+        d = mip_min_distance(net, x[0], int(y[0]), p)
+        assert d.optimal and d.point is not None
+        for factor in (0.9, 1.1):
+            eps = factor * d.distance
+            res = mip_verify(net, x[0], int(y[0]), eps, p)
+            assert res.status == ("robust" if factor < 1 else "attacked")
+            given = layer_bounds(net, x, eps, p, "kw")  # big-M constants supplied by the caller
+            assert mip_verify(net, x[0], int(y[0]), eps, p, bounds=given).status == res.status
+            if factor > 1:
+                assert not certify(net, x, y, eps, p, "crown").any()
+                assert _misclassified(net, res.counterexample, int(y[0]))
+                dist = torch.linalg.vector_norm((res.counterexample - x[0]).flatten(), ord=p)
+                assert float(dist) <= eps + 1e-12
+
+
+def test_misclassified_point_is_its_own_counterexample():
+    net = _net(0)
+    x, y = _correct_points(net, 1, seed=2)
+    wrong = (int(y[0]) + 1) % 3
+    res = mip_verify(net, x[0], wrong, 0.1, INF)
+    assert res.status == "attacked" and torch.equal(res.counterexample, x[0])
+    assert mip_min_distance(net, x[0], wrong, 1.0).distance == 0.0
+
+
+def test_other_norms_are_rejected():
+    net = _net(0)
+    with pytest.raises(ValueError):
+        mip_verify(net, torch.zeros(4, dtype=torch.float64), 0, 0.1, 2.0)
