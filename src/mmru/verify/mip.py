@@ -6,7 +6,7 @@ for p = inf (a box) and p = 1 (auxiliary t >= |x' - x|, sum t <= eps), both inte
 with the pixel box. HiGHS solves the MILPs.
 
 ``mip_verify`` decides robustness at one radius, one target class at a time: it asks for a
-point with f_y - f_s <= -margin_tol, stops at the first one found, and skips the targets
+point with f_y - f_s <= +margin_tol (a counterexample or a near-tie), stops at the first one found, and skips the targets
 already certified by bound propagation. ``mip_min_distance`` computes the exact minimal
 adversarial l_inf / l_1 distance (ground truth for tests of the other certificates).
 Counterexamples are re-checked by a float64 forward pass before they count.
@@ -108,7 +108,9 @@ def mip_verify(
 
     ``bounds``: pre-activation bounds of the hidden layers (e.g. ``layer_bounds(...)``, logits
     entry ignored) valid over this ball for this single point; CROWN in float64 when None.
-    "robust" means no x' with f_y - f_s <= -margin_tol exists, up to the solver's tolerances.
+    "robust" means the solver proved that no x' with f_y - f_s <= +margin_tol exists: the
+    positive margin absorbs the solver's feasibility tolerances, so a tie or a misclassification
+    by less than the tolerance cannot hide behind them (sound, never optimistic).
     """
     start = time.perf_counter()
     p, net64, x64 = _check_p(p), _double(net), _single(x, net)
@@ -142,15 +144,15 @@ def mip_verify(
             undecided.add("timeout")
             break
         cols, coef, const = margin_row(net64, last, y, s)
-        cut = (cols, coef, -INF, -margin_tol - const)  # f_y - f_s <= -margin_tol
+        cut = (cols, coef, -INF, margin_tol - const)  # f_y - f_s <= +margin_tol
         h = prog.solve(dict(zip(cols, coef)), [cut], remaining, {**OPTIONS, "mip_max_improving_sols": 1})
         status = h.getModelStatus()
         if status == highspy.HighsModelStatus.kInfeasible:
-            bound[s] = max(bound[s], -margin_tol)
+            bound[s] = max(bound[s], margin_tol)
             continue
         info = h.getInfo()
-        if info.mip_dual_bound > -INF:  # bounds the margin where it is <= -margin_tol
-            bound[s] = max(bound[s], min(info.mip_dual_bound + const, -margin_tol))
+        if info.mip_dual_bound > -INF:  # bounds the margin where it is <= +margin_tol
+            bound[s] = max(bound[s], min(info.mip_dual_bound + const, margin_tol))
         if info.primal_solution_status == 2:  # feasible point available
             x_adv = _checked_counterexample(net64, ball, np.array(h.getSolution().col_value)[x_cols], y)
             if x_adv is not None:
