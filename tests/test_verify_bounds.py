@@ -12,6 +12,7 @@ from torch import nn
 from mmru.models import ReLUNet, cnn_small, mlp
 from mmru.verify import LpBall, certify, layer_bounds, margin_lower_bounds, patches
 from mmru.verify.bounds import METHODS
+from tiny_nets import through_the_box
 
 INF = math.inf
 PS = [1.0, 2.0, 3.0, INF]
@@ -26,24 +27,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _through_the_box(net: ReLUNet, seed: int) -> ReLUNet:
-    """Re-initialise so that every unit's hyperplane, and the decision boundaries, cross the
-    input box: random weights, each bias the median pre-activation over random inputs.
-    (Default inits leave tiny nets constant on the box, which would make the tests vacuous.)"""
-    gen = torch.Generator().manual_seed(seed)
-    h = torch.rand(512, *net.input_shape, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        for k, layer in enumerate(net.layers):
-            fan_in = layer.weight[0].numel()
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-            h = h.flatten(1) if isinstance(layer, nn.Linear) else h
-            if layer.bias is not None:
-                layer.bias.zero_()
-                layer.bias.sub_(layer(h).transpose(0, 1).flatten(1).median(dim=1).values)
-            h = torch.relu(layer(h))
-    return net
-
-
 def _conv_net() -> ReLUNet:
     """Two convs (one without bias, one unpadded) and a linear layer on 1x6x6 inputs."""
     layers = [nn.Conv2d(1, 3, 3, stride=2, padding=1, bias=False), nn.Conv2d(3, 4, 2), nn.Linear(16, 3)]
@@ -53,10 +36,10 @@ def _conv_net() -> ReLUNet:
 def _nets() -> dict[str, ReLUNet]:
     torch.manual_seed(0)
     return {
-        "mlp": _through_the_box(mlp((5,), 3, (8, 8)).double(), 0),
-        "conv": _through_the_box(_conv_net().double(), 1),
+        "mlp": through_the_box(mlp((5,), 3, (8, 8)).double(), 0),
+        "conv": through_the_box(_conv_net().double(), 1),
         # cnn_small's layers on 7x7: its windows overhang the border and drop a row
-        "cnn_small_7x7": _through_the_box(cnn_small((1, 7, 7), 3).double(), 2),
+        "cnn_small_7x7": through_the_box(cnn_small((1, 7, 7), 3).double(), 2),
     }
 
 
@@ -179,7 +162,7 @@ def test_patch_path_matches_dense_rows(p, method, monkeypatch):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_l2_certificates_survive_a_dense_search(seed):
     """2-D inputs: no point of a fine grid in a certified l2 ball ∩ box is misclassified."""
-    net = _through_the_box(mlp((2,), 3, (12, 12)).double(), seed)
+    net = through_the_box(mlp((2,), 3, (12, 12)).double(), seed)
     x = torch.rand(8, 2, dtype=torch.float64)
     with torch.no_grad():
         y = net(x).argmax(1)

@@ -13,6 +13,7 @@ from torch import nn
 from mmru.models import ReLUNet, mlp
 from mmru.verify import certify, layer_bounds, mip_min_distance, mip_verify
 from mmru.verify.bounds import METHODS
+from tiny_nets import through_the_box
 
 INF = math.inf
 
@@ -26,26 +27,8 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _through_the_box(net: ReLUNet, seed: int) -> ReLUNet:
-    """Re-initialise so that every unit's hyperplane, and the decision boundaries, cross the
-    input box: random weights, each bias the median pre-activation over random inputs.
-    (Default inits leave tiny nets constant on the box, which would make the tests vacuous.)"""
-    gen = torch.Generator().manual_seed(seed)
-    h = torch.rand(512, *net.input_shape, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        for k, layer in enumerate(net.layers):
-            fan_in = layer.weight[0].numel()
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-            h = h.flatten(1) if isinstance(layer, nn.Linear) else h
-            if layer.bias is not None:
-                layer.bias.zero_()
-                layer.bias.sub_(layer(h).transpose(0, 1).flatten(1).median(dim=1).values)
-            h = torch.relu(layer(h))
-    return net
-
-
 def _net(seed: int, d: int = 4) -> ReLUNet:
-    return _through_the_box(mlp((d,), 3, (8, 8)).double(), seed)
+    return through_the_box(mlp((d,), 3, (8, 8)).double(), seed)
 
 
 def _correct_points(net: ReLUNet, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +104,7 @@ def test_mip_on_a_conv_net():
     """A conv net is encoded through its dense rows: robust below d*, attacked above it, and
     CROWN-certified only below it."""
     layers = [nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.Conv2d(2, 3, 2), nn.Linear(12, 3)]
-    net = _through_the_box(ReLUNet(layers, (1, 6, 6)).double(), 3)
+    net = through_the_box(ReLUNet(layers, (1, 6, 6)).double(), 3)
     x = torch.rand(1, 1, 6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     with torch.no_grad():
         y = net(x).argmax(1)

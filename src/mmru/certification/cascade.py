@@ -15,7 +15,7 @@ import copy
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -47,13 +47,15 @@ class _State:
     adv_norm: torch.Tensor
     adv_by: list[str | None]
     seconds: torch.Tensor
-    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    proven: torch.Tensor  #: [B] bool, robust on the closed ball of radius eps
 
-    def certify(self, mask: torch.Tensor, radius: torch.Tensor | float, method: str) -> None:
+    def certify(self, mask: torch.Tensor, radius: torch.Tensor | float, method: str, closed_ball: bool = False) -> None:
+        """Record r_p(x) >= radius; ``closed_ball``: the method proved robustness at radius itself."""
         for i in mask.nonzero().flatten().tolist():
             r = float(radius[i]) if torch.is_tensor(radius) else radius
             if r > self.radius[i]:
                 self.radius[i], self.radius_by[i] = r, method
+            self.proven[i] |= closed_ball
 
     def attacked(self, mask: torch.Tensor, norms: torch.Tensor, method: str) -> None:
         for i in mask.nonzero().flatten().tolist():
@@ -77,23 +79,24 @@ def certify_batch(
     for name, radius_eps in eps.items():
         p = NORMS[name]
         st = _State(torch.zeros(n, dtype=torch.float64), [None] * n, torch.full((n,), INF, dtype=torch.float64),
-                    [None] * n, torch.zeros(n, dtype=torch.float64))
+                    [None] * n, torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool))
         st.attacked(~correct, torch.zeros(n), "misclassified")
         st.certify(correct, regions[p].radius, "region")
+        st.proven |= correct & (st.radius > radius_eps)
         st.attacked(regions[p].adversarial, regions[p].adversarial_norm, "region")
 
         def undecided() -> torch.Tensor:
-            return correct & ~(st.radius > radius_eps) & ~(st.adv_norm <= radius_eps)
+            return correct & ~st.proven & ~(st.adv_norm <= radius_eps)
 
         for method in options.bounds:
             _stage(st, timings, method, undecided(), lambda idx, m=method: st.certify(
-                _full(idx, n, bound_certify(net64, x[idx].double(), y[idx], radius_eps, p, m)), radius_eps, m))
+                _full(idx, n, bound_certify(net64, x[idx].double(), y[idx], radius_eps, p, m)), radius_eps, m, True))
         if options.attack != "none":
             _stage(st, timings, "attack", undecided(), lambda idx: _attack(net, x, y, idx, radius_eps, p, options, st))
         if options.mip and p in (1.0, INF):
             _stage(st, timings, "mip", undecided(), lambda idx: _mip(net64, x, y, idx, radius_eps, p, options, st))
         for i in range(n):
-            if st.radius[i] > radius_eps:
+            if st.proven[i]:
                 status = CERTIFIED
             elif st.adv_norm[i] <= radius_eps:
                 status = ATTACKED
@@ -142,7 +145,7 @@ def _mip(net64, x, y, idx, eps, p, options, st: _State) -> None:
         result = mip_verify(net64, xi, int(y[i]), eps, p, time_limit=options.mip_time_limit)
         st.seconds[i] += time.perf_counter() - start
         if result.status == "robust":
-            st.certify(_one(i, len(x)), eps, "mip")
+            st.certify(_one(i, len(x)), eps, "mip", closed_ball=True)
         elif result.status == "attacked" and result.counterexample is not None:
             cx = result.counterexample.view_as(xi)
             if bool(check_adversarial(net64, xi, cx, y[i : i + 1], eps, p)[0]):

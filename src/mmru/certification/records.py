@@ -87,7 +87,7 @@ def summarize(records: list[PointRecord], norms: dict[str, float], test_error: f
             raise ValueError(f"no records for norm {norm}")
         attacked = sum(r.status == ATTACKED for r in mine)
         certified = sum(r.status == CERTIFIED for r in mine)
-        row[norm] = {"eps": eps, "lb": attacked / n, "ub": 1 - certified / n, "n": n,
+        row[norm] = {"eps": eps, "lb": attacked / n, "ub": (n - certified) / n, "n": n,
                      "certified": certified, "attacked": attacked, "undecided": n - attacked - certified}
     row["worst_case_ub"] = max(row[norm]["ub"] for norm in norms)
     row["n_points"] = len({r.index for r in records})
