@@ -80,6 +80,7 @@ def build_module(cfg: DictConfig) -> RobustClassifier:
         "regularizer": cfg.regularizer_name,
         "seed": cfg.seed,
         "val_fraction": cfg.dataset.val_fraction,
+        "selected_on": cfg.get("selected_on"),
     }
     return RobustClassifier(net, regularizer, lr=cfg.lr, net_config=recipe, run_config=run_config)
 
@@ -131,6 +132,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.certify_after_training:
         metrics.update(certify_checkpoint(best or str(_last_checkpoint(trainer)), cfg))
     return metrics
+
+
+def objective(metrics: dict[str, Any], cfg: DictConfig) -> float:
+    """The value a sweep minimises: ``metrics[cfg.optimized_metric]``, else the test error."""
+    key = cfg.get("optimized_metric")
+    if key is None:
+        return metrics["test/error"]
+    if key not in metrics:
+        raise ConfigError(f"optimized_metric {key!r} was not computed; available: {', '.join(sorted(metrics))}.")
+    return float(metrics[key])
 
 
 def certify_checkpoint(ckpt: str, cfg: DictConfig) -> dict[str, Any]:

@@ -30,7 +30,8 @@ def print_row(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
     run = summary.get("run", {})
     norms = [n for n in NORM_LABELS if n in summary]
-    title = f"{run.get('dataset', '?')}: robust test error (%) on {summary['n_points']} test points"
+    split = summary.get('split', 'test')
+    title = f"{run.get('dataset', '?')}: robust {split} error (%) on {summary['n_points']} {split} points"
     table = Table(title=title)
     table.add_column("model")
     table.add_column("TE", justify="right")
