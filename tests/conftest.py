@@ -22,3 +22,12 @@ def fake_data_dir(tmp_path, monkeypatch):
     write_gtsrb(tmp_path)
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
     return tmp_path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

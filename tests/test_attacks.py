@@ -19,14 +19,7 @@ NORMS = [1, 2, math.inf]
 EPS = {1: 1.0, 2: 0.3, math.inf: 0.1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: with 2 OpenMP threads on a shared, busy machine every op waits for the
-    other thread (measured 25x slower), so run this module single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

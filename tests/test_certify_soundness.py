@@ -20,12 +20,7 @@ from tiny_nets import through_the_box
 INF = math.inf
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _grid_l2_distance(net, x, y, steps=801):

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from mmru.models import cnn_small, mlp
 from mmru.regions import region_distances
-from mmru.regularizers import MMR, MMRUniversal
+from mmru.regularizers.mmr import MMR
+from mmru.regularizers.universal import MMRUniversal
 from mmru.regularizers.mmr import closest_hinge
 
 INF = math.inf

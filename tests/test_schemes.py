@@ -11,14 +11,11 @@ from conftest import ROOT
 from mmru.attacks import adversarial_norm, pgd
 from mmru.data import load_mnist5k
 from mmru.models import mlp
-from mmru.regularizers import (
-    MMR,
-    AdversarialTraining,
-    BoundTraining,
-    MMRAdversarialTraining,
-    Regularizer,
-    UnionAdversarialTraining,
-)
+from mmru.regularizers import Regularizer
+from mmru.regularizers.adversarial import AdversarialTraining, UnionAdversarialTraining
+from mmru.regularizers.bound_training import BoundTraining
+from mmru.regularizers.mmr import MMR
+from mmru.regularizers.mmr_at import MMRAdversarialTraining
 from mmru.training import compose_train_config, train
 from mmru.verify import certify, margin_lower_bounds
 

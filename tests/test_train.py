@@ -79,8 +79,9 @@ def test_wandb_offline_run_holds_metrics(tmp_path):
     assert b"checkpoint_path" in log and b"mnist5k" in log
 
 
-def test_gts_trains_one_epoch_on_fake_files(tmp_path, fake_data_dir):
-    cfg = make_cfg(tmp_path, [*SMALL, "dataset=gts", f"paths.data_dir={fake_data_dir}",
+@pytest.mark.parametrize("regularizer", ["none", "universal"])
+def test_gts_trains_one_epoch_on_fake_files(tmp_path, fake_data_dir, regularizer):
+    cfg = make_cfg(tmp_path, [*SMALL, "dataset=gts", f"regularizer={regularizer}", f"paths.data_dir={fake_data_dir}",
                               "trainer.max_epochs=1", "datamodule.download=false"])
     metrics = train(cfg)
     assert 0 <= metrics["test/error"] <= 1
