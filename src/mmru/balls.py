@@ -87,6 +87,24 @@ def naive_bound(eps1: Radius, eps_inf: Radius, p: float, d: int) -> torch.Tensor
     return torch.maximum(eps_inf, _l1_ball_only(eps1, float(p), d))
 
 
+def _three_regimes(eps1: Radius, eps_inf: Radius, p: float, d: int, middle) -> torch.Tensor:
+    """eps_inf where B_1 lies in B_inf, the l1-ball value where B_inf lies in B_1, else
+    ``middle(eps1, eps_inf)`` (for 1 < p < inf; p = 1 gives eps1 and p = inf gives eps_inf there).
+    The shared frame of eqs (6) and (7)."""
+    dual_exponent(p)  # validates p
+    d = _check_d(d)
+    p = float(p)
+    eps1, eps_inf = _tensors(eps1, eps_inf)
+    if p == 1.0:
+        between = eps1
+    elif p == INF:
+        between = eps_inf
+    else:
+        between = middle(eps1, torch.where(eps_inf > 0, eps_inf, torch.ones_like(eps_inf)))
+    inside_inf, inside_1 = eps1 <= eps_inf, eps1 >= d * eps_inf
+    return torch.where(inside_inf, eps_inf, torch.where(inside_1, _l1_ball_only(eps1, p, d), between))
+
+
 def union_bound(eps1: Radius, eps_inf: Radius, p: float, d: int) -> torch.Tensor:
     """Eq (6) (Proposition 3.1): exact min of ||x||_p over R^d minus (B_1 u B_inf).
 
@@ -98,21 +116,11 @@ def union_bound(eps1: Radius, eps_inf: Radius, p: float, d: int) -> torch.Tensor
     eps_inf (1 + (d-1) r^p)^(1/p) with r = (eps1 - eps_inf) / ((d-1) eps_inf) in [0, 1], which
     cannot overflow for large p; p = 1 gives eps1 and p = inf gives eps_inf there.
     """
-    dual_exponent(p)  # validates p
-    d = _check_d(d)
-    p = float(p)
-    eps1, eps_inf = _tensors(eps1, eps_inf)
-    below = eps1 <= eps_inf
-    above = eps1 >= d * eps_inf
-    if p == 1.0:
-        middle = eps1
-    elif p == INF:
-        middle = eps_inf
-    else:
-        safe_inf = torch.where(eps_inf > 0, eps_inf, torch.ones_like(eps_inf))
-        r = ((eps1 - eps_inf) / ((d - 1) * safe_inf)).clamp(0.0, 1.0)
-        middle = eps_inf * (1.0 + (d - 1) * r**p) ** (1.0 / p)
-    return torch.where(below, eps_inf, torch.where(above, _l1_ball_only(eps1, p, d), middle))
+    def middle(eps1: torch.Tensor, safe_inf: torch.Tensor) -> torch.Tensor:
+        r = ((eps1 - safe_inf) / ((d - 1) * safe_inf)).clamp(0.0, 1.0)
+        return safe_inf * (1.0 + (d - 1) * r**p) ** (1.0 / p)
+
+    return _three_regimes(eps1, eps_inf, p, d, middle)
 
 
 def hull_bound(eps1: Radius, eps_inf: Radius, p: float, d: int) -> torch.Tensor:
@@ -127,23 +135,15 @@ def hull_bound(eps1: Radius, eps_inf: Radius, p: float, d: int) -> torch.Tensor:
     p = 1 gives eps1 and p = inf gives eps_inf on the interval (see the module docstring).
     """
     q = dual_exponent(p)
-    d = _check_d(d)
-    p = float(p)
-    eps1, eps_inf = _tensors(eps1, eps_inf)
-    below = eps1 <= eps_inf
-    above = eps1 >= d * eps_inf
-    if p == 1.0:
-        middle = eps1
-    elif p == INF:
-        middle = eps_inf
-    else:
-        safe_inf = torch.where(eps_inf > 0, eps_inf, torch.ones_like(eps_inf))
+
+    def middle(eps1: torch.Tensor, safe_inf: torch.Tensor) -> torch.Tensor:
         # clamp to the interval so that the unused branches stay finite
-        ratio = (eps1 / safe_inf).clamp(1.0, float(d))
+        ratio = (eps1 / safe_inf).clamp(1.0, float(_check_d(d)))
         k = torch.floor(ratio)
         alpha = ratio - k
-        middle = eps1 * (k + alpha**q) ** (-1.0 / q)
-    return torch.where(below, eps_inf, torch.where(above, _l1_ball_only(eps1, p, d), middle))
+        return eps1 * (k + alpha**q) ** (-1.0 / q)
+
+    return _three_regimes(eps1, eps_inf, p, d, middle)
 
 
 def universal_certificate(
