@@ -63,8 +63,8 @@ def epoch_metrics(out):
 def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(tmp_path):
     run_ddp(tmp_path / "ddp")
     run_single(tmp_path / "single")
-    ranks = [torch.load(tmp_path / "ddp" / "probe" / f"steps_rank{r}.pt") for r in (0, 1)]
-    single = torch.load(tmp_path / "single" / "probe" / "steps_rank0.pt")
+    ranks = [torch.load(tmp_path / "ddp" / "probe" / f"steps_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    single = torch.load(tmp_path / "single" / "probe" / "steps_rank0.pt", weights_only=True)
     assert ranks[0]["world_size"] == 2 and single["world_size"] == 1
     steps = len(single["loss"])
     assert steps == 256 // GLOBAL_BATCH and all(len(r["loss"]) == steps for r in ranks)
