@@ -54,7 +54,7 @@ def main() -> None:
     console.rule("plain vs MMR-Universal on mnist5k (1000 test points)")
     for name, r in results.items():
         console.print(f"{name:>10}: test error {100 * r['test_error']:5.2f}%   "
-                      f"median ρ_1 {r['rho_1']:.4f}   median ρ_∞ {r['rho_inf']:.5f}")
+                      f"median ρ_1 {r['rho_1']:.2e}   median ρ_∞ {r['rho_inf']:.2e}")
     console.rule("certify the MMR-Universal model (python certify.py ckpt=...)")
     from mmru.certification.runner import run_certification
 
