@@ -1,4 +1,4 @@
-"""Certificates and exact counterexamples from the linear region Q(x) (Theorems 2.1 and 4.1)."""
+"""Certificates and exact counterexamples from the linear region Q(x) (Theorem 2.1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 
 from mmru.attacks import check_adversarial
-from mmru.balls import universal_certificate
 from mmru.models import ReLUNet
 from mmru.regions import region_distances
 
@@ -54,11 +53,6 @@ def region_radii(net: ReLUNet, x: torch.Tensor, y: torch.Tensor, ps: list[float]
             adv_norm[idx[ok]] = norms[ok]
         out[p] = RegionResult(radius.float(), found, adv_norm.float())
     return out
-
-
-def universal_radii(rho_1: torch.Tensor, rho_inf: torch.Tensor, p: float, d: int) -> torch.Tensor:
-    """Theorem 4.1 (eq 13): a lower bound on r_p(x) for any p from ρ_1 and ρ_∞ alone."""
-    return universal_certificate(rho_1, rho_inf, p, d).float()
 
 
 def _project_past_hyperplane(net: ReLUNet, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, p: float) -> torch.Tensor:
