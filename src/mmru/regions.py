@@ -209,8 +209,11 @@ def _on_image(positions, size, stride, offset, in_shape, dtype, device) -> Tenso
 
 def _window_norms(win: _Windows, qs, batch: int) -> dict[float, Tensor]:
     """[B, C * P * Q] norms in the layer's (C, H, W) order."""
-    norms = floored_norms(win.rows, qs, 2, win.valid)  # [P * Q, b, C]
-    return {q: n.permute(1, 2, 0).flatten(1).expand(batch, -1) for q, n in norms.items()}
+    norms = floored_norms(win.rows, qs, 2, win.valid)  # [P * Q or 1, B or 1, C]
+    # rows shared by all positions (a first conv layer without padding) are normed once, then
+    # repeated: every unit (c, P, Q) has a hyperplane of its own
+    n_pos = win.positions[0] * win.positions[1]
+    return {q: n.expand(n_pos, batch, -1).permute(1, 2, 0).flatten(1) for q, n in norms.items()}
 
 
 def _first_conv_windows(weight: Tensor, geom, out_hw, in_shape) -> _Windows:
