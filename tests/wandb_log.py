@@ -5,6 +5,7 @@ record file (32 KiB blocks, 7-byte record headers) of ``wandb.proto`` Records.
 """
 
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -13,10 +14,23 @@ BLOCK = 32768
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def offline_history(run_file: Path) -> dict[str, list[str]]:
-    """Every logged value (as JSON text) of each metric key, in logging order."""
-    data = Path(run_file).read_bytes()
-    pos, pending, history = 7, b"", {}  # 7: the file header ":W&B" + version
+def offline_history(run_file: Path, timeout: float = 120.0) -> dict[str, list[str]]:
+    """Every logged value (as JSON text) of each metric key, in logging order.
+
+    wandb's writer process may still be writing the log after ``finish()`` returned (seen on
+    a loaded machine: an empty log right after the run): wait for the run's exit record.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        history, finished = _read(Path(run_file).read_bytes())
+        if finished or time.monotonic() > deadline:
+            return history
+        time.sleep(0.2)
+
+
+def _read(data: bytes) -> tuple[dict[str, list[str]], bool]:
+    """(history, whether the exit record is there) of a transaction log's bytes."""
+    pos, pending, history, finished = 7, b"", {}, False  # 7: the file header ":W&B" + version
     while pos + 7 <= len(data):
         if BLOCK - pos % BLOCK < 7:  # the tail of a block too short for a header is padding
             pos += BLOCK - pos % BLOCK
@@ -30,7 +44,9 @@ def offline_history(run_file: Path) -> dict[str, list[str]]:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
+            kind_name = record.WhichOneof("record_type")
+            finished |= kind_name == "exit"
+            if kind_name == "history":
                 for item in record.history.item:
                     history.setdefault(item.key or "/".join(item.nested_key), []).append(item.value_json)
-    return history
+    return history, finished

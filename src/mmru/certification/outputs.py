@@ -22,6 +22,9 @@ def table1_row(summary: dict) -> dict[str, float]:
             row[f"{norm} LB"] = 100 * summary[norm]["lb"]
             row[f"{norm} UB"] = 100 * summary[norm]["ub"]
     row["worst case UB"] = 100 * summary["worst_case_ub"]
+    if "union_ub" in summary:  # summaries written before the union bounds existed lack them
+        row["union LB"] = 100 * summary["union_lb"]
+        row["union UB"] = 100 * summary["union_ub"]
     return row
 
 
@@ -38,10 +41,12 @@ def print_row(summary: dict, console: Console | None = None) -> None:
     for n in norms:
         table.add_column(f"{NORM_LABELS[n]} LB\nε={summary[n]['eps']:.4g}", justify="right")
         table.add_column(f"{NORM_LABELS[n]} UB", justify="right")
-    table.add_column("worst case UB", justify="right")
     row = table1_row(summary)
+    tail = [k for k in ("worst case UB", "union LB", "union UB") if k in row]
+    for key in tail:
+        table.add_column(key, justify="right")
     cells = [f"{row['TE']:.2f}"] + [f"{row[f'{n} {b}']:.1f}" for n in norms for b in ("LB", "UB")]
-    table.add_row(str(run.get("regularizer", "?")), *cells, f"{row['worst case UB']:.1f}")
+    table.add_row(str(run.get("regularizer", "?")), *cells, *(f"{row[k]:.1f}" for k in tail))
     console.print(table)
     curve = summary.get("universal_curve")
     if curve:
