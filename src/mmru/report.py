@@ -5,8 +5,9 @@
 
 Reads every ``summary.json`` under the given paths (written by certify.py, or by train.py with
 ``certify_after_training=true``), one row per (dataset, training scheme), seeds averaged, in
-the paper's layout: TE, LB / UB per norm, worst-case UB, all in %. Prints a console table and
-writes ``table1.csv``; ``--wandb`` also logs it as a W&B table (offline unless ``--online``).
+the paper's layout: TE, LB / UB per norm, worst-case UB, union UB, all in %. Prints a console
+table and writes ``table1.csv`` and ``table1.md`` (each row with its recipe, see
+:mod:`mmru.report_markdown`); ``--wandb`` also logs it as a W&B table (offline unless ``--online``).
 Partial shards (merge them first with ``python -m mmru.certification.merge``) and other splits
 than ``--split`` are skipped, with a note; two runs of one (dataset, scheme, seed) are an error
 unless ``--keep-latest`` keeps the newer.
@@ -28,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmru.paper_table1 import DATASET_NAMES, EPS, NORMS, PAPER_PROXY, SCHEME_LABELS, paper_row
+from mmru.report_markdown import describe, recipe_of, write_markdown
 
 #: the figures of a row, in Table 1's column order
 #: then the union UB (certified in every norm), a figure the paper does not give
@@ -222,6 +224,7 @@ def csv_records(rows: list[Row]) -> list[dict[str, str]]:
         for column in COLUMNS:
             record[column] = _pct(row.ours[column], 2)
             record[f"{column}_paper"] = _pct(row.paper[column], 2)
+        record["recipe"] = " | ".join(describe(recipe_of(r.summary)) for r in row.runs)
         record["notes"] = "; ".join(row.notes)
         record["runs"] = ";".join(str(r.path.parent) for r in row.runs)
         records.append(record)
@@ -300,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     for note in notes + more:
         console.print(f"[yellow]note[/yellow] {note}")
     write_csv(rows, args.out / "table1.csv")
-    console.print(f"wrote {args.out / 'table1.csv'}")
+    write_markdown(csv_records(rows), list(COLUMNS), HEADERS, args.out / "table1.md")
+    console.print(f"wrote {args.out / 'table1.csv'} and {args.out / 'table1.md'}")
     if args.wandb:
         log_wandb(rows, args.out, args.online)
 
