@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import torch
@@ -227,3 +228,33 @@ def test_certificate_zero_cases_and_types():
         hull_bound(1.0, 1.0, 0.5, 3)
     with pytest.raises(ValueError):
         union_bound(1.0, 1.0, 2, 1)
+
+
+def _hull_exact(eps1: float, eps_inf: float, p: float, d: int) -> mpmath.mpf:
+    """Eq (7) in 50-digit arithmetic, for eps1 / eps_inf in [1, d]."""
+    with mpmath.workdps(50):
+        e1, ei = mpmath.mpf(eps1), mpmath.mpf(eps_inf)
+        ratio = e1 / ei
+        k = mpmath.floor(ratio)
+        if p == INF:
+            return ei
+        q = mpmath.mpf(p) / (mpmath.mpf(p) - 1)
+        return e1 * (k + (ratio - k) ** q) ** (-1 / q)
+
+
+@pytest.mark.parametrize("d", [10, 784])
+def test_theorem41_certificates_are_rounded_down(d):
+    """Certified radii never exceed eq (7) evaluated in 50 digits; unrounded float64 does."""
+    rng = np.random.default_rng(d)
+    rho_inf = rng.uniform(0.01, 0.5, 400)
+    rho_1 = rho_inf * rng.uniform(1.0, d, 400)
+    above = 0
+    for p in (1.5, 2.0, 3.0, 8.0, INF):
+        cert = universal_certificate(torch.tensor(rho_1), torch.tensor(rho_inf), p, d).tolist()
+        plain = hull_bound(torch.tensor(rho_1), torch.tensor(rho_inf), p, d).tolist()
+        for i in range(len(rho_1)):
+            exact = _hull_exact(rho_1[i], rho_inf[i], p, d)
+            assert mpmath.mpf(cert[i]) <= exact, (p, i)
+            assert mpmath.mpf(cert[i]) >= exact * (1 - 1e-13), (p, i)  # and by no more than rounding
+            above += mpmath.mpf(plain[i]) > exact
+    assert above > 0  # the unrounded closed form does round up on some of these

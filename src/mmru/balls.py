@@ -38,6 +38,9 @@ Radius = torch.Tensor | np.ndarray | float
 
 INF = math.inf
 
+#: the certificates of eq (13) are shrunk by this many units of roundoff (see universal_certificate)
+ROUNDING_ULPS = 64
+
 
 def dual_exponent(p: float) -> float:
     """q with 1/p + 1/q = 1 (p = 1 -> inf, p = inf -> 1)."""
@@ -165,6 +168,15 @@ def universal_certificate(
 
     The certificate is 0 where rho_1 <= 0 or rho_inf <= 0 (a hyperplane through x, or a signed
     distance of a misclassified point) and where ``correct`` is False (r_p(x) = 0 there).
+
+    It is rounded down, being a certified radius: eq (7) takes at most 8 rounded operations
+    (ratio, floor, alpha, alpha^q, k + alpha^q, its 1/q-th power, the product; or eps1 d^(1/p-1)),
+    each with relative error <= u (pow within one more ulp). The only amplification is the
+    rounding of the ratio inside alpha: it moves alpha^q by <= q alpha^(q-1) ratio u, relative
+    <= 2 q u to k + alpha^q >= max(1, ratio - 1), which the power 1/q brings back to 2 u. So the
+    computed value is within 16 u relative of the exact one; it is multiplied by 1 - 64 u, then
+    raised to rho_inf where below (every point outside B_inf has ||.||_p >= ||.||_inf > rho_inf).
+    p = 1 is computed exactly (it selects rho_1 or rho_inf) and is not shrunk.
     """
     rho_1, rho_inf = _tensors(rho_1, rho_inf)
     valid = (rho_1 > 0) & (rho_inf > 0)
@@ -172,4 +184,7 @@ def universal_certificate(
         valid = valid & torch.as_tensor(correct, dtype=torch.bool, device=valid.device)
     one = torch.ones_like(rho_1)
     bound = hull_bound(torch.where(valid, rho_1, one), torch.where(valid, rho_inf, one), p, d)
+    if float(p) != 1.0:
+        shrink = 1.0 - ROUNDING_ULPS * torch.finfo(bound.dtype).eps / 2
+        bound = torch.maximum(bound * shrink, torch.where(valid, rho_inf, one))
     return torch.where(valid, bound, torch.zeros_like(bound))

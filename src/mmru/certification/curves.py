@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mmru.balls import universal_certificate
-from mmru.certification.records import PointRecord
+from mmru.certification.records import CERTIFIED, PointRecord
 
 #: the norms of the Theorem 4.1 curve: l_1, l_∞ and what lies between
 UNIVERSAL_PS = (1.0, 1.5, 2.0, 3.0, 4.0, 8.0, math.inf)
@@ -19,21 +19,31 @@ def _by_norm(records: list[PointRecord], norm: str) -> list[PointRecord]:
 
 
 def robustness_curves(records: list[PointRecord], eps: dict[str, float], points: int = 41) -> dict:
-    """Per norm, on eps in [0, 2 eps_p]: certified error (UB) and empirical error (LB).
+    """Per norm, on eps in [0, 2 eps_p] (eps_p itself on the grid): certified error (UB) and
+    empirical error (LB).
 
-    A point counts as robust at radius r when its certified radius exceeds r, and as broken
-    when a checked counterexample of norm <= r was found. Beyond eps_p, certificates proven
-    only at eps_p (bound propagation, MIP) no longer count: the curve stays sound.
+    A point counts as robust at radius r when its certified radius exceeds r, or when its record
+    is certified and r is at most the record's eps (bound propagation and the MIP prove the
+    closed ball of radius eps_p and record certified_radius = eps_p), so at eps_p the curve
+    equals the summary's UB. It counts as broken at r when a checked counterexample of norm <= r
+    was found (at eps_p: the summary's LB). Beyond eps_p, certificates proven only at eps_p no
+    longer count: the curve stays sound.
     """
+    if points < 3 or points % 2 == 0:
+        raise ValueError(f"points must be odd and >= 3 (eps_p sits in the middle), got {points}")
     curves = {}
     for norm, radius in eps.items():
         mine = _by_norm(records, norm)
-        grid = np.linspace(0.0, 2 * radius, points)
+        # radius * (i / half) is exactly radius at i = half, and never above 2 radius
+        half = (points - 1) // 2
+        grid = radius * (np.arange(points, dtype=np.float64) / half)
         certified = np.array([r.certified_radius for r in mine])
+        # the radius each point's status was decided at (the run's eps_p)
+        proven_up_to = np.array([r.eps if r.status == CERTIFIED else -math.inf for r in mine])
         found = np.array([math.inf if r.adversarial_norm is None else r.adversarial_norm for r in mine])
         curves[norm] = {
             "eps": grid.tolist(),
-            "certified": [float(np.mean(~(certified > e))) for e in grid],
+            "certified": [float(np.mean(~((certified > e) | (e <= proven_up_to)))) for e in grid],
             "empirical": [float(np.mean(found <= e)) for e in grid],
         }
     return curves
