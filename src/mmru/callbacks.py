@@ -19,6 +19,10 @@ class RegularizerSchedule(L.Callback):
         for name, value in values.items():
             pl_module.log(f"schedule/{name}", float(value), on_step=False, on_epoch=True)
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        # per-step ramps (the eps ramp of IBP training) see the position within the epoch too
+        pl_module.regularizer.on_step_start(trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1))
+
 
 class EpochSeed(L.Callback):
     """Seeds the global RNG from (seed, epoch) before every training epoch.

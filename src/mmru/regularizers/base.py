@@ -55,3 +55,9 @@ class Regularizer:
         Called by :class:`mmru.callbacks.RegularizerSchedule` before every training epoch.
         """
         return {}
+
+    def on_step_start(self, epoch: float) -> None:
+        """Apply a per-step schedule at the fractional ``epoch`` (epoch + batch / batches per epoch).
+
+        Called by :class:`mmru.callbacks.RegularizerSchedule` before every training step; none here.
+        """
