@@ -1,0 +1,108 @@
+"""``mmru.certify``: the certification cascade on tensors, for notebooks and scripts.
+
+The same per-point cascade as ``certify.py`` (region, bound propagation, attacks, exact MIP;
+:mod:`mmru.certification.cascade`) on points the caller holds, for a ReLUNet or any PyTorch
+classifier :func:`mmru.convert.from_torch` can import.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mmru.certification.cascade import CascadeOptions, certify_batch
+from mmru.certification.records import PointRecord, summarize
+from mmru.errors import ConfigError
+from mmru.models import ReLUNet
+from mmru.validation import ATTACK_STRENGTHS, BOUND_METHODS, NORM_NAMES
+
+
+class Certification(NamedTuple):
+    """``records``: one :class:`PointRecord` per (point, norm); ``summary``: per norm the
+    certified / attacked / undecided counts, LB and UB on the robust error, the union bounds
+    and ``test_error`` (the clean error on these points)."""
+
+    records: list[PointRecord]
+    summary: dict
+
+
+def certify(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Mapping[str, float],
+    bounds: Sequence[str] = ("kw", "crown"), attack: str = "strong", mip: bool = True,
+    mip_time_limit: float = 120.0, batch_size: int = 100,
+) -> Certification:
+    """Certify ``net`` at the points ``x`` (inputs in [0, 1]) with labels ``y``.
+
+    ``eps``: radius per norm, e.g. ``{"l1": 1.0, "l2": 0.3, "linf": 0.1}``, in input space (a
+    normalisation inside a PyTorch model is folded into the net, never applied to eps).
+    ``bounds``: bound-propagation methods in order (ibp, kw, crown); ``attack``: none, fast or
+    strong; ``mip``: exact MIP for l1 and l∞ on what is still undecided, at most
+    ``mip_time_limit`` seconds per point. Record ``index`` i is the point ``x[i]``, taken in
+    float32 (the precision the attacks and the net run in).
+    """
+    eps = _check_options(eps, bounds, attack, mip, mip_time_limit, batch_size)
+    x, y = _check_points(x, y)
+    if not isinstance(net, ReLUNet):
+        from mmru.convert import from_torch  # imported here: converting needs torch.fx
+
+        net = from_torch(net, tuple(x.shape[1:]))
+    if next(net.parameters()).dtype != torch.float32:  # the attacks run in float32; the caller's net stays as it is
+        net = copy.deepcopy(net).float()
+    net.eval()
+    if tuple(net.input_shape) != tuple(x.shape[1:]):
+        raise ConfigError(f"the net takes inputs of shape {list(net.input_shape)}, but x holds points of shape "
+                          f"{list(x.shape[1:])}")
+    if int(y.max()) >= net.num_classes:
+        raise ConfigError(f"y holds label {int(y.max())}, but the net has only {net.num_classes} classes")
+    options = CascadeOptions(tuple(bounds), attack, mip, float(mip_time_limit))
+    timings: dict[str, float] = defaultdict(float)
+    records: list[PointRecord] = []
+    for start in range(0, len(x), batch_size):
+        idx = list(range(start, min(start + batch_size, len(x))))
+        records += certify_batch(net, idx, x[idx], y[idx], eps, options, timings)
+    with torch.no_grad():
+        clean_error = float((net(x).argmax(1) != y).double().mean())
+    summary = summarize(records, eps, clean_error)
+    summary["timings_seconds"] = dict(timings)
+    return Certification(records, summary)
+
+
+def _check_options(eps, bounds, attack, mip, mip_time_limit, batch_size) -> dict[str, float]:
+    """Every option, before any work; each failure is one sentence naming the option."""
+    if not isinstance(eps, Mapping) or not eps or not set(eps) <= set(NORM_NAMES):
+        raise ConfigError(f"eps must map some of {', '.join(NORM_NAMES)} to radii, got {eps!r}")
+    for name, r in eps.items():
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < math.inf:
+            raise ConfigError(f"eps[{name!r}] must be a positive finite number, got {r!r}")
+    if isinstance(bounds, str) or not all(b in BOUND_METHODS for b in bounds) or len(set(bounds)) != len(bounds):
+        raise ConfigError(f"bounds must be a sequence of distinct names from {', '.join(BOUND_METHODS)}, got {bounds!r}")
+    if attack not in ATTACK_STRENGTHS:
+        raise ConfigError(f"attack must be one of {', '.join(ATTACK_STRENGTHS)}, got {attack!r}")
+    if not isinstance(mip, bool):
+        raise ConfigError(f"mip must be True or False, got {mip!r}")
+    if isinstance(mip_time_limit, bool) or not isinstance(mip_time_limit, (int, float)) or not 0 < mip_time_limit < math.inf:
+        raise ConfigError(f"mip_time_limit must be a positive finite number of seconds, got {mip_time_limit!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    # the cascade's order of norms, whatever order the caller wrote them in
+    return {name: float(eps[name]) for name in NORM_NAMES if name in eps}
+
+
+def _check_points(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
+        raise ConfigError("x must be a non-empty floating-point tensor [N, *input_shape]")
+    if not torch.is_tensor(y) or y.dtype.is_floating_point or y.shape != (len(x),):
+        raise ConfigError(f"y must be an integer tensor of {len(x)} labels, one per point of x")
+    x, y = x.detach().float().cpu(), y.detach().long().cpu()
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise ConfigError("x must lie in the box [0, 1] that every certificate assumes (normalise inside the "
+                          "model, not the data)")
+    if y.min() < 0:
+        raise ConfigError(f"y holds a negative label {int(y.min())}")
+    return x, y

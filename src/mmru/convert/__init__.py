@@ -1,0 +1,11 @@
+"""Import classifiers trained elsewhere (PyTorch modules, ONNX files) as exactly equal ReLUNets.
+
+The result computes the same function (to float64 rounding) and takes raw inputs: an input
+normalisation inside the model is folded into the net, so certified radii are in input space.
+"""
+
+from mmru.convert.from_onnx import from_onnx
+from mmru.convert.from_torch import from_torch
+from mmru.convert.ops import ConversionError
+
+__all__ = ["ConversionError", "from_onnx", "from_torch"]
