@@ -4,8 +4,9 @@ The result computes the same function (to float64 rounding) and takes raw inputs
 normalisation inside the model is folded into the net, so certified radii are in input space.
 """
 
+from mmru.convert.from_file import load_model
 from mmru.convert.from_onnx import from_onnx
 from mmru.convert.from_torch import from_torch
 from mmru.convert.ops import ConversionError
 
-__all__ = ["ConversionError", "from_onnx", "from_torch"]
+__all__ = ["ConversionError", "from_onnx", "from_torch", "load_model"]

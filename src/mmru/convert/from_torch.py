@@ -90,6 +90,10 @@ def _ops(gm: fx.GraphModule) -> list[Op]:
             constants[node] = _attr(gm, node.target)
             continue
         inputs = node.all_input_nodes
+        if _is_shape_query(node) or (all(n in constants for n in inputs)
+                                     and any(constants[n] is _SHAPE for n in inputs)):
+            constants[node] = _SHAPE  # x.size(0) in x.view(x.size(0), -1): only reshapes may use it
+            continue
         if all(n in constants for n in inputs):  # e.g. std.view(1, 3, 1, 1)
             constants[node] = _run(gm, node, constants)
             continue
@@ -100,6 +104,15 @@ def _ops(gm: fx.GraphModule) -> list[Op]:
         ops += _translate(gm, node, current, constants)
         current = node
     return ops
+
+
+#: the value of a shape query such as x.size(0): reshapes read shapes from the traced metadata instead
+_SHAPE = object()
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in ("size", "dim")) or (
+        node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim"))
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
@@ -124,7 +137,8 @@ def _translate(gm: fx.GraphModule, node: fx.Node, x: fx.Node, constants: dict) -
         raise ConversionError(f"'{name}' reshapes {list(in_shape)} to {list(out_shape)}; mmru accepts only "
                               "flattening to a vector")
     kind = _ARITHMETIC.get(target) or (target if target in ("add", "sub", "mul", "div") else None)
-    if kind is not None and len(node.args) == 2 and not node.kwargs:
+    shapes = any(constants.get(a) is _SHAPE for a in node.all_input_nodes)
+    if kind is not None and len(node.args) == 2 and not node.kwargs and not shapes:
         a, b = (constants.get(v, v) if isinstance(v, fx.Node) else v for v in node.args)
         return [_arithmetic(kind, node.args[0] is x, b if node.args[0] is x else a, in_shape, name)]
     what = target if isinstance(target, str) else getattr(target, "__name__", str(target))
