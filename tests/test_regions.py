@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from mmru.models import ReLUNet, cnn_small, mlp
-from mmru.regions import NORM_FLOOR, RegionDistances, dual_exponent, region_distances, rho, row_norms, split_by_layer
+from mmru.regions import NORM_FLOOR, dual_exponent, region_distances, rho, row_norms, split_by_layer
 from mmru.regions_reference import identity_rows, jacobian_rows, reference_region_distances, reference_row_norms
+from tiny_nets import through_the_box
 
 INF = math.inf
 QS = [1.0, 2.0, INF, 3.0]
@@ -102,37 +103,93 @@ def test_padding_positions_are_not_inputs():
     torch.testing.assert_close(first_layer[1, 1], kernel.abs().sum())
 
 
-def test_distances_follow_eqs_14_15_and_share_the_rows():
-    torch.manual_seed(3)
-    net = three_conv_net().double()
-    x, y = batch(net, 4)
-    dist = region_distances(net, x, y, [1, 2, INF])
-    norms = row_norms(net, x, y, [INF, 2.0, 1.0])
-    d2 = dist[2.0]
-    assert isinstance(d2, RegionDistances)
-    torch.testing.assert_close(d2.boundary, norms.preact.abs() / norms.boundary[2.0])
-    logits = net(x)
-    for i in range(4):
-        assert d2.decision[i, y[i]] == INF
-        others = [s for s in range(net.num_classes) if s != y[i]]
-        margins = logits[i, y[i]] - logits[i, others]
-        torch.testing.assert_close(d2.decision[i, others], margins / norms.decision[2.0][i, others])
-    # one call for several p equals separate calls; and the reference API agrees
-    torch.testing.assert_close(region_distances(net, x, y, [INF])[INF].boundary, dist[INF].boundary)
-    ref = reference_region_distances(net, x, y, [1, 2, INF])
-    for p in (1.0, 2.0, INF):
-        torch.testing.assert_close(dist[p].boundary, ref[p].boundary)
+# --- rho (eq 3) against a brute force that never looks at a row: tiny nets on 2-D inputs -----------
+#
+# S = {z : z has x's activation pattern and x's label} is a polytope (within Q(x) every unit and
+# logit is affine), so a ray from x leaves it once and for all, and its l_p distance to the
+# complement of S, min over l_p-unit directions u of the exit time t(u), is exactly
+# rho_p = min(d^B_p, |d^D_p|) for a correctly classified x. The exit times come from bisection on
+# forward passes alone. For p = 1 and inf the minimising directions are axes / diagonals, which the
+# angle grid contains; for p = 2, 3 the grid's step 2 pi / 1440 leaves a relative error below 1e-5.
+
+# (net, seed of through_the_box): seeds where no point has a unit whose row and pre-activation are
+# both 0 (all units below dead, zero bias: rho = 0, a sound but degenerate radius) and, for the convs,
+# where a unit cut by the padding is the closest boundary of some points
+TWO_D_NETS = {
+    "mlp": (lambda: mlp((2,), 3, (6, 5)), 11),
+    # 1x2 image, padding 1 along the width: the outer units see one pixel and one kernel entry only
+    "padded_convs": (
+        lambda: ReLUNet(
+            [nn.Conv2d(1, 3, (1, 2), padding=(0, 1)), nn.Conv2d(3, 2, (1, 2), stride=(1, 2), padding=(0, 1)),
+             nn.Linear(4, 4), nn.Linear(4, 3)],
+            (1, 1, 2),
+        ),
+        12,
+    ),
+}
 
 
-def test_rho_is_min_of_region_and_decision_distance():
+def exit_radii(net, x, ps, n_angles=1440, steps=42):
+    """[B, len(ps)] brackets lo, hi of min over l_p-unit directions u of the exit time from S along x + t u."""
+    with torch.no_grad():
+        return _exit_radii(net, x, ps, n_angles, steps)
+
+
+def _exit_radii(net, x, ps, n_angles, steps):
+    angles = torch.arange(n_angles, dtype=torch.float64) * (2 * math.pi / n_angles)
+    u = torch.stack([angles.cos(), angles.sin()], dim=1)
+    u = torch.stack([u / torch.linalg.vector_norm(u, p, dim=1, keepdim=True) for p in ps])  # [P, A, 2]
+    shape = (len(x), len(ps), n_angles)
+    pattern = [(z > 0)[:, None, None].expand(*shape, *z.shape[1:]) for z in net.preactivations(x)[:-1]]
+    label = net(x).argmax(1)[:, None, None].expand(shape)
+
+    def inside(t):
+        points = x.flatten(1)[:, None, None] + t[..., None] * u
+        zs = [z.view(*shape, *z.shape[1:]) for z in net.preactivations(points.view(-1, *net.input_shape))]
+        same = torch.stack([((z > 0) == m).flatten(3).all(3) for z, m in zip(zs[:-1], pattern)]).all(0)
+        return same & (zs[-1].argmax(-1) == label)
+
+    lo, hi = torch.zeros(shape, dtype=torch.float64), torch.ones(shape, dtype=torch.float64)
+    for _ in range(12):  # grow hi until every ray has left S (S may be unbounded along some rays)
+        still = inside(hi)
+        if not still.any():
+            break
+        lo, hi = torch.where(still, hi, lo), torch.where(still, 2 * hi, hi)
+    unbounded = inside(hi)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        still = inside(mid)
+        lo, hi = torch.where(still, mid, lo), torch.where(still, hi, mid)
+    return lo.masked_fill(unbounded, INF).amin(2), hi.masked_fill(unbounded, INF).amin(2)
+
+
+@pytest.mark.parametrize("name", sorted(TWO_D_NETS))
+def test_rho_is_the_distance_to_the_complement_of_the_region_found_by_brute_force(name, one_thread):
+    build, seed = TWO_D_NETS[name]
+    net = through_the_box(build().double(), seed)
+    x = torch.rand(5, *net.input_shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    y = net(x).argmax(1)  # Theorem 2.1 certifies correctly classified points
+    ps, rtols = (1.0, INF, 2.0, 3.0), torch.tensor([1e-9, 1e-9, 3e-5, 3e-5], dtype=torch.float64)
+    dist = region_distances(net, x, y, ps)
+    radii = torch.stack([rho(dist[p]) for p in ps], dim=1)
+    # not vacuous: some radii are set by a region boundary, some by the decision boundary
+    by_decision = torch.stack([dist[p].decision.abs().min(1).values < dist[p].boundary.min(1).values for p in ps])
+    assert by_decision.any() and not by_decision.all()
+    lo, hi = exit_radii(net, x, ps)
+    assert torch.isfinite(hi).all()
+    assert (radii <= hi * (1 + 1e-12)).all(), (radii, hi)  # never beyond the region
+    assert (lo <= radii * (1 + rtols)).all(), (radii, lo)  # and no smaller than it
+
+
+def test_signed_decision_distance_is_negative_exactly_at_misclassified_points():
     torch.manual_seed(4)
     net = mlp((1, 5, 5), 3, (6,)).double()
     x, y = batch(net, 5)
     d = region_distances(net, x, y, [1])[1.0]
-    expected = torch.minimum(d.boundary.min(1).values, d.decision.abs().min(1).values)
-    torch.testing.assert_close(rho(d), expected)
     wrong = net(x).argmax(1) != y
+    assert wrong.any() and (~wrong).any()
     assert (d.decision.min(1).values[wrong] < 0).all() and (d.decision.min(1).values[~wrong] > 0).all()
+    assert torch.isinf(d.decision[torch.arange(5), y]).all()
 
 
 GRADCHECK_NETS = {
