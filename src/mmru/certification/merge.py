@@ -2,7 +2,7 @@
 
     python -m mmru.certification.merge <run dir>/certify/shard*of4 --out <run dir>/certify
 
-Refuses shards of different checkpoints or radii, and overlaps or gaps in the points.
+Refuses shards of different checkpoints, radii, norms or splits, and overlaps or gaps in the points.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def merge_shards(shard_dirs: list[Path], out_dir: Path) -> dict:
     num_shards = first["num_shards"]
     norms = [n for n in ("l1", "l2", "linf") if n in first]
     for s in summaries[1:]:
+        if [n for n in ("l1", "l2", "linf") if n in s] != norms or s["split"] != first["split"]:
+            raise ValueError("the shards certify different norms or splits")
         if s["run"]["checkpoint"] != first["run"]["checkpoint"] or any(s[n]["eps"] != first[n]["eps"] for n in norms):
             raise ValueError("the shards come from different checkpoints or radii")
     shards = sorted(s["shard"] for s in summaries)
