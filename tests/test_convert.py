@@ -76,7 +76,15 @@ def functional_model():
     return FunctionalNet().eval()
 
 
-MODELS = {"conv": (conv_model, (2, 8, 8)), "mlp": (mlp_model, (1, 6, 6)), "functional": (functional_model, (1, 7, 7))}
+def pool_first_model():
+    """Average pooling of the raw input: its own layer, as a (z, -z) pair since the input may be negative."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(2 * 3 * 3, 3)).eval()
+
+
+MODELS = {"conv": (conv_model, (2, 8, 8)), "mlp": (mlp_model, (1, 6, 6)), "functional": (functional_model, (1, 7, 7)),
+          "pool_first": (pool_first_model, (1, 6, 6))}
 
 
 def _inputs(shape, n=64):
@@ -215,3 +223,16 @@ def test_state_dicts_load_without_running_pickled_code(tmp_path):
     with pytest.raises(ConversionError, match="package.module:function"):
         load_model(good, "no_colon", (1, 6, 6))
     assert isinstance(load_model(good, "test_convert:mlp_model", (1, 6, 6)), ReLUNet)
+
+
+def test_an_onnx_model_on_flat_inputs_certifies_images(tmp_path):
+    """VNN-COMP style: the file takes [1, 36] vectors with its own normalisation; mmru feeds [1, 6, 6] images."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    flat = nn.Sequential(Standardize([0.5], [0.25]), nn.Flatten(), model).eval()  # (x - 0.5) / 0.25 on [1, 1, 1, 36]
+    path = _export(flat, (1, 1, 36), tmp_path / "flat.onnx")
+    with pytest.raises(ConversionError, match=r"takes inputs of shape \[1, 1, 36\], not \[1, 5, 5\]"):
+        from_onnx(path, input_shape=(1, 5, 5))
+    net = from_onnx(path, dtype=torch.float64, input_shape=(1, 6, 6))
+    x = _inputs((1, 6, 6))
+    assert net.input_shape == (1, 6, 6) and (net(x) - flat.double()(x.reshape(-1, 1, 1, 36))).abs().max() < 1e-9

@@ -11,6 +11,7 @@ import copy
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -33,11 +34,12 @@ class Certification(NamedTuple):
 
 
 def certify(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Mapping[str, float],
+    net: nn.Module | str | Path, x: torch.Tensor, y: torch.Tensor, eps: Mapping[str, float],
     bounds: Sequence[str] = ("kw", "crown"), attack: str = "strong", mip: bool = True,
     mip_time_limit: float = 120.0, batch_size: int = 100,
 ) -> Certification:
-    """Certify ``net`` at the points ``x`` (inputs in [0, 1]) with labels ``y``.
+    """Certify ``net`` (a ReLUNet, a PyTorch classifier or the path of an ONNX file) at the
+    points ``x`` (inputs in [0, 1]) with labels ``y``.
 
     ``eps``: radius per norm, e.g. ``{"l1": 1.0, "l2": 0.3, "linf": 0.1}``, in input space (a
     normalisation inside a PyTorch model is folded into the net, never applied to eps).
@@ -48,8 +50,12 @@ def certify(
     """
     eps = _check_options(eps, bounds, attack, mip, mip_time_limit, batch_size)
     x, y = _check_points(x, y)
-    if not isinstance(net, ReLUNet):
-        from mmru.convert import from_torch  # imported here: converting needs torch.fx
+    if isinstance(net, (str, Path)):
+        from mmru.convert import load_model  # imported here: only conversions need torch.fx and onnx
+
+        net = load_model(net, input_shape=tuple(x.shape[1:]))
+    elif not isinstance(net, ReLUNet):
+        from mmru.convert import from_torch
 
         net = from_torch(net, tuple(x.shape[1:]))
     if next(net.parameters()).dtype != torch.float32:  # the attacks run in float32; the caller's net stays as it is

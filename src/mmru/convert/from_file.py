@@ -20,7 +20,8 @@ from mmru.models import ReLUNet
 
 def load_model(path: str | Path, arch: str | Callable[[], nn.Module] | None = None,
                input_shape: Sequence[int] | None = None) -> ReLUNet:
-    """``path`` ending in .onnx: :func:`from_onnx`. Otherwise a state dict: ``arch()`` builds the
+    """``path`` ending in .onnx: :func:`from_onnx` (``input_shape``: that of the images to
+    certify, when the file takes them flattened). Otherwise a state dict: ``arch()`` builds the
     module (``arch`` a callable or ``"package.module:builder"``), the weights are read with
     ``torch.load(weights_only=True)`` (tensors and plain data only, so a tampered file cannot
     run code) and the module is converted with :func:`from_torch` on ``input_shape``."""
@@ -28,7 +29,7 @@ def load_model(path: str | Path, arch: str | Callable[[], nn.Module] | None = No
     if not path.is_file():
         raise ConversionError(f"model file {path} does not exist")
     if path.suffix.lower() == ".onnx":
-        return from_onnx(path)
+        return from_onnx(path, input_shape=input_shape)
     if arch is None or input_shape is None:
         raise ConversionError(f"{path} is a PyTorch state dict: give the builder of its architecture "
                               "(arch=package.module:function) and the input shape")

@@ -9,6 +9,7 @@ Unsqueeze, Cast) are evaluated. Everything is folded by :mod:`mmru.convert.foldi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,11 @@ from mmru.models import ReLUNet
 _CONSTANT_OPS = ("Constant", "Identity", "Concat", "Unsqueeze", "Squeeze", "Cast")
 
 
-def from_onnx(path: str | Path, dtype: torch.dtype = torch.float32) -> ReLUNet:
+def from_onnx(path: str | Path, dtype: torch.dtype = torch.float32, input_shape: Sequence[int] | None = None) -> ReLUNet:
     """The ReLUNet equal to the ONNX model at ``path``; per-sample input shape from its input.
 
+    ``input_shape``: the shape of the images to certify, when the file takes them flattened
+    (e.g. [N, 784] for MNIST) and its first affine layer is a Linear, which flattens anyway.
     Raises :class:`ConversionError` naming the first operator that cannot be converted exactly.
     """
     import onnx
@@ -63,6 +66,12 @@ def from_onnx(path: str | Path, dtype: torch.dtype = torch.float32) -> ReLUNet:
         current = node.output[0]
     if graph.output[0].name != current:
         raise ConversionError(f"{path}: the graph's output is not the end of its chain of operators")
+    if input_shape is not None and tuple(input_shape) != shape:
+        first = next((op.layer for op in ops if isinstance(op, Affine)), None)
+        if not isinstance(first, nn.Linear) or int(np.prod(shape)) != int(np.prod(input_shape)):
+            raise ConversionError(f"{path} takes inputs of shape {list(shape)}, not {list(input_shape)}")
+        # its first affine layer flattens: the same numbers in the same (C, H, W) order
+        shape = tuple(int(s) for s in input_shape)
     return to_relunet(ops, shape, dtype)
 
 
@@ -178,7 +187,7 @@ def _gemm(attrs: dict, args: list, shape: tuple[int, ...], name: str) -> Affine:
     weight = attrs.get("alpha", 1.0) * (b if attrs.get("transB", 0) else b.t())
     bias = None
     if len(args) > 2 and args[2] is not None:
-        bias = (attrs.get("beta", 1.0) * _t(args[2])).expand(weight.shape[0]).clone()
+        bias = torch.broadcast_to(attrs.get("beta", 1.0) * _t(args[2]), (1, weight.shape[0]))[0].clone()
     return Affine(_linear(weight, bias), name)
 
 
