@@ -1,5 +1,6 @@
-"""Certificates sound to the last bit: region radii and bound margins against exact rational
-arithmetic (``fractions``) on nets that are linear on the box, where r_p(x) is known exactly."""
+"""Certificates sound to the last bit: region radii, bound margins and the region's
+counterexamples against exact rational arithmetic (``fractions``) on nets that are affine on
+the box, where distances to decision hyperplanes are known exactly."""
 
 from __future__ import annotations
 
@@ -147,3 +148,27 @@ def test_bound_margins_beat_their_rounding_error_before_they_certify():
             assert not certify(net, x, y, 0.6, INF, method).any(), (seed, method)
             positive += bool(margin_lower_bounds(net, x, y, 0.6, INF, method)[0, 1] > 0)
     assert positive > 0  # the family does hold the +4e-16 bounds of the issue
+
+
+def _exact_hyperplane_distance(net: ReLUNet, x: torch.Tensor, s: int, p: float) -> float:
+    """l_p distance from x to {f_0 = f_s} of a net affine on the box, from exact rows."""
+    logits, rows = _exact(net, x)
+    v = [a - b for a, b in zip(rows[0], rows[s])]
+    dual = {1.0: max(abs(t) for t in v), INF: sum(abs(t) for t in v)}.get(p)
+    if dual is None:  # p = 2
+        return float(logits[0] - logits[s]) / math.sqrt(float(sum(t * t for t in v)))
+    return float((logits[0] - logits[s]) / dual)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, INF])
+def test_projection_past_a_hyperplane_is_a_near_minimal_counterexample(p):
+    """The region's counterexample for each decision hyperplane: misclassified (the project's
+    check) and 1e-4 relative past the exact l_p distance to the hyperplane."""
+    for seed in range(8):
+        net, x, y = _linear_on_box(seed)
+        for s in (1, 2):
+            x_adv = _project_past_hyperplane(net, x, y, torch.tensor([s]), p)
+            distance = _exact_hyperplane_distance(net, x, s, p)
+            norm = float(torch.linalg.vector_norm((x_adv - x).flatten(), ord=p))
+            assert bool(check_adversarial(net, x, x_adv, y, 2 * distance, p)[0]), (seed, s)
+            assert abs(norm / distance - 1 - 1e-4) <= 1e-9, (seed, s, norm, distance)
