@@ -83,8 +83,15 @@ def pool_first_model():
                          nn.Linear(2 * 3 * 3, 3)).eval()
 
 
+def global_pool_model():
+    """A torchvision-style head: global average pooling, then the classifier."""
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(6, 3)).eval()
+
+
 MODELS = {"conv": (conv_model, (2, 8, 8)), "mlp": (mlp_model, (1, 6, 6)), "functional": (functional_model, (1, 7, 7)),
-          "pool_first": (pool_first_model, (1, 6, 6))}
+          "pool_first": (pool_first_model, (1, 6, 6)), "global_pool": (global_pool_model, (1, 6, 6))}
 
 
 def _inputs(shape, n=64):
@@ -115,7 +122,7 @@ def test_from_torch_equals_the_original_in_float64(name, one_thread):
         assert (net32(x.float()) - model(x.float())).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["conv", "mlp"])
+@pytest.mark.parametrize("name", ["conv", "mlp", "pool_first", "global_pool"])
 def test_onnx_import_equals_the_original_and_the_torch_import(name, tmp_path, one_thread):
     build, shape = MODELS[name]
     model = build()
