@@ -178,7 +178,8 @@ class Residual(nn.Module):
 
 
 @pytest.mark.parametrize("model, words", [
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2, 2)), ["'1'", "MaxPool2d", "max pooling"]),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2, 2)),
+     ["'1'", "MaxPool2d", "max pooling"]),
     (nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Sigmoid(), nn.Linear(4, 2)), ["'2'", "Sigmoid", "not a ReLU"]),
     (Residual(), ["residual"]),
 ])

@@ -87,12 +87,14 @@ def _check_options(eps, bounds, attack, mip, mip_time_limit, batch_size) -> dict
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < math.inf:
             raise ConfigError(f"eps[{name!r}] must be a positive finite number, got {r!r}")
     if isinstance(bounds, str) or not all(b in BOUND_METHODS for b in bounds) or len(set(bounds)) != len(bounds):
-        raise ConfigError(f"bounds must be a sequence of distinct names from {', '.join(BOUND_METHODS)}, got {bounds!r}")
+        raise ConfigError(f"bounds must be a sequence of distinct names from {', '.join(BOUND_METHODS)}, "
+                          f"got {bounds!r}")
     if attack not in ATTACK_STRENGTHS:
         raise ConfigError(f"attack must be one of {', '.join(ATTACK_STRENGTHS)}, got {attack!r}")
     if not isinstance(mip, bool):
         raise ConfigError(f"mip must be True or False, got {mip!r}")
-    if isinstance(mip_time_limit, bool) or not isinstance(mip_time_limit, (int, float)) or not 0 < mip_time_limit < math.inf:
+    if (isinstance(mip_time_limit, bool) or not isinstance(mip_time_limit, (int, float))
+            or not 0 < mip_time_limit < math.inf):
         raise ConfigError(f"mip_time_limit must be a positive finite number of seconds, got {mip_time_limit!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")

@@ -39,7 +39,8 @@ def load_model(path: str | Path, arch: str | Callable[[], nn.Module] | None = No
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise ConversionError(f"{path} cannot be read safely as a state dict ({str(err).splitlines()[0][:160]})") from None
+        why = str(err).splitlines()[0][:160]
+        raise ConversionError(f"{path} cannot be read safely as a state dict ({why})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a training checkpoint wrapping the weights
     if not isinstance(state, dict):
@@ -47,7 +48,8 @@ def load_model(path: str | Path, arch: str | Callable[[], nn.Module] | None = No
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise ConversionError(f"{path} does not fit the architecture {arch} ({str(err).splitlines()[0][:160]})") from None
+        why = str(err).splitlines()[0][:160]
+        raise ConversionError(f"{path} does not fit the architecture {arch} ({why})") from None
     return from_torch(module, input_shape)
 
 

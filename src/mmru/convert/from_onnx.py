@@ -24,7 +24,8 @@ from mmru.models import ReLUNet
 _CONSTANT_OPS = ("Constant", "Identity", "Concat", "Unsqueeze", "Squeeze", "Cast")
 
 
-def from_onnx(path: str | Path, dtype: torch.dtype = torch.float32, input_shape: Sequence[int] | None = None) -> ReLUNet:
+def from_onnx(path: str | Path, dtype: torch.dtype = torch.float32,
+              input_shape: Sequence[int] | None = None) -> ReLUNet:
     """The ReLUNet equal to the ONNX model at ``path``; per-sample input shape from its input.
 
     ``input_shape``: the shape of the images to certify, when the file takes them flattened

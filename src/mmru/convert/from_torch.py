@@ -187,7 +187,8 @@ def _module_ops(m: nn.Module, name: str, shape: tuple[int, ...]) -> list[Op]:
     elif isinstance(m, _NOT_PIECEWISE_LINEAR):
         why = "it is not a ReLU, and mmru's region, bound and MIP certificates need a piecewise-affine ReLU network"
     else:
-        why = "mmru certifies chains of Conv2d / Linear / ReLU (BatchNorm, AvgPool2d, Flatten, Dropout and normalisation folded in)"
+        why = ("mmru certifies chains of Conv2d / Linear / ReLU (BatchNorm, AvgPool2d, Flatten, Dropout and "
+               "normalisation folded in)")
     raise ConversionError(f"layer '{name}' ({kind}) is not supported: {why}")
 
 
@@ -197,7 +198,8 @@ def _batch_norm(m: nn.BatchNorm1d | nn.BatchNorm2d, name: str, shape: tuple[int,
         raise ConversionError(f"layer '{name}' has no running statistics (track_running_stats=False), so its "
                               "output depends on the batch")
     if len(shape) not in (1, 3):
-        raise ConversionError(f"layer '{name}' normalises inputs of shape {list(shape)}; mmru handles vectors and images")
+        raise ConversionError(f"layer '{name}' normalises inputs of shape {list(shape)}; mmru handles vectors "
+                              "and images")
     view = (-1,) if len(shape) == 1 else (-1, 1, 1)
     with torch.no_grad():
         s = (m.weight if m.affine else 1.0) / torch.sqrt(m.running_var + m.eps)
