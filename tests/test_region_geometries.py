@@ -160,3 +160,9 @@ def test_the_grid_covers_every_axis():
             seen["bias"].add(bias)
     assert seen["padding"] >= {0, 1, 2} and seen["stride"] >= {1, 2, 3} and seen["kernel"] >= {2, 3, 4, 5}
     assert seen["bias"] == {True, False} and seen["n_conv"] >= {0, 1, 2, 3, 4} and False in seen["square"]
+
+
+def test_conv_logits_are_refused_in_one_sentence():
+    net = ReLUNet([nn.Conv2d(1, 2, 3), nn.Conv2d(2, 3, 3)], (1, 5, 5))
+    with pytest.raises(ValueError, match="the last one Linear"):
+        region_distances(net, torch.rand(1, 1, 5, 5), torch.tensor([0]), [1.0])

@@ -130,7 +130,8 @@ TWO_D_NETS = {
 
 
 def exit_radii(net, x, ps, n_angles=1440, steps=42):
-    """[B, len(ps)] brackets lo, hi of min over l_p-unit directions u of the exit time from S along x + t u."""
+    """[B, len(ps)] brackets lo, hi of min over l_p-unit directions u of the exit time from S along
+    x + t u, and [B, len(ps), 2] the points just outside S on the minimising rays."""
     with torch.no_grad():
         return _exit_radii(net, x, ps, n_angles, steps)
 
@@ -160,7 +161,10 @@ def _exit_radii(net, x, ps, n_angles, steps):
         mid = (lo + hi) / 2
         still = inside(mid)
         lo, hi = torch.where(still, mid, lo), torch.where(still, hi, mid)
-    return lo.masked_fill(unbounded, INF).amin(2), hi.masked_fill(unbounded, INF).amin(2)
+    hi = hi.masked_fill(unbounded, INF)
+    best_hi, best = hi.min(2)  # [B, P]
+    outside = x.flatten(1)[:, None] + best_hi[..., None] * u[torch.arange(len(ps)), best]
+    return lo.masked_fill(unbounded, INF).amin(2), best_hi, outside
 
 
 @pytest.mark.parametrize("name", sorted(TWO_D_NETS))
@@ -175,10 +179,14 @@ def test_rho_is_the_distance_to_the_complement_of_the_region_found_by_brute_forc
     # not vacuous: some radii are set by a region boundary, some by the decision boundary
     by_decision = torch.stack([dist[p].decision.abs().min(1).values < dist[p].boundary.min(1).values for p in ps])
     assert by_decision.any() and not by_decision.all()
-    lo, hi = exit_radii(net, x, ps)
+    lo, hi, outside = exit_radii(net, x, ps)
     assert torch.isfinite(hi).all()
     assert (radii <= hi * (1 + 1e-12)).all(), (radii, hi)  # never beyond the region
     assert (lo <= radii * (1 + rtols)).all(), (radii, lo)  # and no smaller than it
+    # the exact case of Theorem 2.1: where |d^D| < d^B, the ray leaves S through the decision
+    # boundary, so a misclassified point lies just beyond rho
+    labels = net(outside.reshape(-1, *net.input_shape)).argmax(1).view(len(x), len(ps))
+    assert torch.equal(labels != y[:, None], by_decision.t())
 
 
 def test_signed_decision_distance_is_negative_exactly_at_misclassified_points():
