@@ -115,11 +115,17 @@ def _pgd_run(net, x, y, eps, p, steps, step_size, random_start) -> torch.Tensor:
     return snap_to_ball(x, x_adv, eps, p)
 
 
+def as_image_model(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """``net`` and ``x`` as a model of 4-d (B, C, H, W) inputs, the shape attack libraries assume
+    (torchattacks' PGDL2 reshapes per-example norms to (B, 1, 1, 1)): other inputs become
+    (B, 1, 1, d) views."""
+    if x.dim() == 4:
+        return net, x
+    return _Unflatten(net, x.shape[1:]), x.reshape(len(x), 1, 1, -1)
+
+
 def _torchattacks_pgd(net, x, y, eps, p, steps, step_size, random_start) -> torch.Tensor:
-    # PGDL2 reshapes per-example norms to (B, 1, 1, 1): feed it 4-d views of any input.
-    shape = x.shape[1:]
-    model = net if x.dim() == 4 else _Unflatten(net, shape)
-    xs = x if x.dim() == 4 else x.reshape(len(x), 1, 1, -1)
+    model, xs = as_image_model(net, x)
     cls = torchattacks.PGD if p == math.inf else torchattacks.PGDL2
     atk = cls(model, eps=eps, alpha=step_size, steps=steps, random_start=random_start)
     return atk(xs, y).reshape(x.shape).detach()
