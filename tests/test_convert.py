@@ -90,7 +90,14 @@ def global_pool_model():
                          nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(6, 3)).eval()
 
 
-MODELS = {"conv": (conv_model, (2, 8, 8)), "mlp": (mlp_model, (1, 6, 6)), "functional": (functional_model, (1, 7, 7)),
+def flat_batch_norm_model():
+    """BatchNorm1d on flattened conv features: a scale per pixel, so the conv becomes a dense Linear."""
+    torch.manual_seed(6)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.Flatten(), _bn(nn.BatchNorm1d(8)), nn.ReLU(),
+                         nn.Linear(8, 3)).eval()
+
+
+MODELS = {"flat_batch_norm": (flat_batch_norm_model, (1, 5, 5)), "conv": (conv_model, (2, 8, 8)), "mlp": (mlp_model, (1, 6, 6)), "functional": (functional_model, (1, 7, 7)),
           "pool_first": (pool_first_model, (1, 6, 6)), "global_pool": (global_pool_model, (1, 6, 6))}
 
 

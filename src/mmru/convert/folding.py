@@ -48,7 +48,9 @@ def to_relunet(ops: list[Op], input_shape: tuple[int, ...], dtype: torch.dtype =
         if not segment:  # a ReLU on the input, or on the logits: keep it behind an identity layer
             segment = [Scale(torch.ones(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64),
                              "identity")]
-        layers += _fold_segment(segment, shape, nonneg_input=number > 0)
+        convs_later = any(isinstance(op, Affine) and isinstance(op.layer, nn.Conv2d)
+                          for later in segments[number + 1 :] for op in later)
+        layers += _fold_segment(segment, shape, nonneg_input=number > 0, dense_ok=not convs_later)
         shape = _out_shape(segment, shape)
     if len(shape) != 1:
         raise ConversionError(f"the model's output has per-sample shape {list(shape)}; a classifier's logits "
@@ -85,8 +87,12 @@ def _out_shape(ops: list[Op], shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(h.shape[1:])
 
 
-def _fold_segment(ops: list[Op], shape: tuple[int, ...], nonneg_input: bool) -> list[nn.Conv2d | nn.Linear]:
-    """The layers computing the linear chain ``ops`` (all but the last are ReLU-transparent)."""
+def _fold_segment(ops: list[Op], shape: tuple[int, ...], nonneg_input: bool,
+                  dense_ok: bool) -> list[nn.Conv2d | nn.Linear]:
+    """The layers computing the linear chain ``ops`` (all but the last are ReLU-transparent).
+
+    ``dense_ok``: only Linear layers follow, so the chain may become one dense Linear even
+    where it could not become a conv (e.g. a BatchNorm1d on flattened conv features)."""
     ops = list(ops)
     changed = True
     while changed:
@@ -97,7 +103,9 @@ def _fold_segment(ops: list[Op], shape: tuple[int, ...], nonneg_input: bool) -> 
                 ops[i : i + 2] = [merged]
                 changed = True
                 break
-    if any(isinstance(op, Affine) and isinstance(op.layer, nn.Linear) for op in ops) or len(shape) == 1:
+    per_pixel = any(isinstance(op, Scale) and _per_channel(op)[0] is None for op in ops)
+    if any(isinstance(op, Affine) and isinstance(op.layer, nn.Linear) for op in ops) or len(shape) == 1 or (
+            per_pixel and dense_ok):
         return [_dense(ops, shape)]
     convs = [_conv(op, _out_shape(ops[:i], shape)) for i, op in enumerate(ops)]
     layers: list[nn.Conv2d | nn.Linear] = []
