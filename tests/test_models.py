@@ -38,3 +38,12 @@ def test_affine_layers_appear_in_application_order():
 def test_only_affine_layers_are_accepted():
     with pytest.raises(TypeError, match="Conv2d / Linear"):
         ReLUNet([nn.Linear(2, 2), nn.ReLU()], (2,))
+
+
+def test_layer_shapes_of_any_conv_geometry():
+    """floor((H + 2 pad - kernel) / stride) + 1 per axis; the first Linear sees C * H * W inputs."""
+    conv1 = nn.Conv2d(3, 2, (2, 5), stride=(3, 1), padding=(0, 2), bias=False)
+    conv2 = nn.Conv2d(2, 4, 3, stride=2, padding=0)
+    net = ReLUNet([conv1, conv2, nn.Linear(4 * 1 * 4, 5)], (3, 12, 10))
+    assert net.layer_shapes == [(2, 4, 10), (4, 1, 4), (5,)]
+    assert net.hidden_sizes == [80, 16] and net.num_hidden == 96 and net.num_classes == 5
