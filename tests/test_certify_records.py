@@ -52,8 +52,21 @@ def test_summary_counts_lb_and_ub():
     assert row["l1"]["lb"] == 0.25 and row["l1"]["ub"] == 0.5
     assert row["linf"]["lb"] == 0.5 and row["linf"]["ub"] == 0.5
     assert row["worst_case_ub"] == 0.5 and row["n_points"] == 4
-    for norm in ("l1", "linf"):
-        assert row[norm]["lb"] <= row[norm]["ub"]
+    # the undecided point counts in UB only, certified points in neither
+    assert (row["l1"]["certified"], row["l1"]["attacked"], row["l1"]["undecided"]) == (2, 1, 1)
+    assert (row["linf"]["certified"], row["linf"]["attacked"], row["linf"]["undecided"]) == (2, 2, 0)
+    assert row["test_error"] == 0.25 and row["l1"]["eps"] == 1.0 and row["l1"]["n"] == 4
+
+
+def test_summary_gap_and_worst_case_come_from_the_records():
+    """LB < UB exactly by the undecided points; the worst case is the norm with most uncertified."""
+    records = [record(i, "l1", status) for i, status in enumerate([CERTIFIED, UNDECIDED, UNDECIDED, ATTACKED])]
+    records += [record(i, "l2", status) for i, status in enumerate([CERTIFIED, CERTIFIED, CERTIFIED, ATTACKED])]
+    row = summarize(records, {"l1": 1.0, "l2": 0.3}, test_error=0.0)
+    assert row["l1"]["ub"] - row["l1"]["lb"] == 0.5 and row["l2"]["ub"] == row["l2"]["lb"] == 0.25
+    assert row["worst_case_ub"] == row["l1"]["ub"] == 0.75
+    with pytest.raises(ValueError, match="no records for norm linf"):
+        summarize(records, {"l1": 1.0, "linf": 0.1}, test_error=0.0)
 
 
 def test_coverage_refuses_overlaps_and_gaps():
