@@ -43,8 +43,9 @@ class Program:
 
     def solve(
         self, cost: dict[int, float], extra_rows: list[tuple], time_limit: float, options: dict
-    ) -> highspy.Highs:
-        """Minimise <cost, x> subject to the rows and ``extra_rows``, in a fresh solver."""
+    ) -> highspy._Highs:
+        """Minimise <cost, x> subject to the rows and ``extra_rows``, in a fresh solver with
+        ``options`` (extras: gaps, an objective target) and always ``OPTIONS``."""
         rows = self.rows + list(extra_rows)
         lp = highspy.HighsLp()
         n = len(self.col_lo)
@@ -63,17 +64,35 @@ class Program:
         kinds = np.full(n, highspy.HighsVarType.kContinuous)
         kinds[self.binary] = highspy.HighsVarType.kInteger
         lp.integrality_ = kinds.tolist()
-        h = highspy.Highs()
-        for key, value in {"output_flag": False, "time_limit": max(time_limit, 1e-3), **options}.items():
-            h.setOptionValue(key, value)
+        # The bare solver class: highspy.Highs registers callbacks while HiGHS's output is
+        # still on, which prints its banner to stdout.
+        h = highspy._Highs()
+        for key, value in {"time_limit": max(time_limit, 1e-3), **options, **OPTIONS}.items():
+            if h.setOptionValue(key, value) != highspy.HighsStatus.kOk:
+                raise ValueError(f"HiGHS rejected the option {key}={value!r}")
         h.passModel(lp)
-        h.run()
+        if h.run() == highspy.HighsStatus.kError and h.getModelStatus() == highspy.HighsModelStatus.kNotset:
+            # HiGHS's thread pool is process-wide and fixed by the first run: after a run with
+            # another ``threads`` setting (anyone's, in this process) every run errors out
+            # before solving. Rebuild the pool for our setting and run again.
+            highspy._Highs.resetGlobalScheduler(True)
+            if h.run() == highspy.HighsStatus.kError:
+                raise RuntimeError(f"HiGHS failed to solve the MILP: {h.getModelStatus()}")
         return h
 
 
-# Feasibility tolerances well below the margins we decide on. One thread: these MILPs are
-# small, HiGHS gains little from threads on them, and points can be spread over processes.
-OPTIONS = {"mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9, "threads": 1}
+# Every solve runs with these, whatever the caller's options say.
+# Feasibility tolerances well below the margins we decide on. One thread and a fixed seed:
+# the same MILP gets the same search, on every machine and whatever ran before it (these
+# MILPs are small, HiGHS gains little from threads on them, and points can be spread over
+# processes). No output: HiGHS's log would go to the console.
+OPTIONS = {
+    "mip_feasibility_tolerance": 1e-9,
+    "primal_feasibility_tolerance": 1e-9,
+    "threads": 1,
+    "random_seed": 0,
+    "output_flag": False,
+}
 
 
 def encode_relu_net(prog: Program, net: ReLUNet, x_cols: np.ndarray, hidden: list[np.ndarray]):
