@@ -5,11 +5,24 @@ propagation over the same input set; stable units need no binary. The input set 
 for p = inf (a box) and p = 1 (auxiliary t >= |x' - x|, sum t <= eps), both intersected
 with the pixel box. HiGHS solves the MILPs.
 
-``mip_verify`` decides robustness at one radius, one target class at a time: it asks for a
-point with f_y - f_s <= +margin_tol (a counterexample or a near-tie), stops at the first one found, and skips the targets
-already certified by bound propagation. ``mip_min_distance`` computes the exact minimal
-adversarial l_inf / l_1 distance (ground truth for tests of the other certificates).
-Counterexamples are re-checked by a float64 forward pass before they count.
+``mip_verify`` decides robustness at one radius, one target class s at a time (likeliest
+first), minimising the margin f_y - f_s over the points of the set where it is <= +tol,
+tol = max(margin_tol, the rounding tolerance of the bounds):
+  * "robust" only when, for every s, the CROWN margin bound exceeds tol or HiGHS proves that
+    MILP infeasible. The positive tol absorbs the solver's feasibility tolerances and the
+    rounding of the big-M bounds, so neither can hide a tie or a misclassification;
+  * "attacked" only with a point that passes ``mmru.attacks.check_adversarial`` (the
+    project's one definition of a counterexample) after ``snap_to_ball`` pulled it strictly
+    inside the ball: HiGHS returns vertices on the ball's surface;
+  * anything else leaves the point undecided ("timeout", "unknown").
+How the search runs only decides how often it concludes, never what a conclusion means:
+HiGHS stops at the first incumbent with margin < -margin_tol (``objective_target``), a
+point misclassified by a safe amount, so a near-tie incumbent (margin in [-margin_tol, tol],
+common at vertices of the MILP) does not end the search; should a point reaching the target
+still fail the re-check, the search resumes without a target, to the minimiser of the
+margin (optimality proven) or the time limit.
+``mip_min_distance`` computes the exact minimal adversarial l_inf / l_1 distance (ground truth
+for tests of the other certificates), with a point that passes the same check.
 """
 
 from __future__ import annotations
@@ -23,21 +36,48 @@ import highspy
 import numpy as np
 import torch
 
+from mmru.attacks import check_adversarial, snap_to_ball
+from mmru.attacks.geometry import CHECK_MARGIN
 from mmru.models import ReLUNet
-from mmru.verify.bounds import Bounds, hidden_bounds, input_ball, margin_spec, output_bounds
-from mmru.verify.milp import OPTIONS, Program, abs_deviation, encode_relu_net, margin_row
+from mmru.verify.bounds import (
+    Bounds,
+    hidden_bounds,
+    input_ball,
+    margin_spec,
+    output_bounds,
+    rounding_tolerance,
+)
+from mmru.verify.milp import Program, abs_deviation, encode_relu_net, margin_row
 
 INF = math.inf
+Status = highspy.HighsModelStatus
+
+#: default tolerance of ``mip_verify`` on the margin f_y - f_s (see the module docstring)
+MARGIN_TOL = 1e-6
+
+#: ``mip_min_distance`` calls the distance exact ("optimal") when its checked point is at
+#: most this much farther from x than the proven lower bound
+DISTANCE_TOL = 1e-6
+
+#: the margin by which ``mip_min_distance``'s fallback MILP asks for a strict misclassification
+STRICT_MARGIN = 1e-7
+
+#: relative pushes along the ray from x through the solver's boundary point, tried in turn
+#: until the pushed point is strictly misclassified (``mip_min_distance``)
+_PUSHES = (0.0, 1e-12, 1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6)
 
 
 @dataclass
 class MIPResult:
     """Outcome of ``mip_verify`` for one point.
 
-    status: "robust" (no target reachable), "attacked" (a checked counterexample), "timeout",
-    or "unknown" (undecided otherwise: the solver's points failed the float64 re-check, or
-    it stopped for another reason).
-    objective_bound: a proven lower bound on min over the set and s != y of f_y - f_s.
+    status: "robust" (no target reachable), "attacked" (``counterexample`` passes
+    ``check_adversarial`` at this radius), "timeout" (time ran out on some target), or
+    "unknown" (undecided otherwise: the solver's best point failed the float64 re-check,
+    or it stopped for another reason). Only "robust" certifies, only "attacked" counts
+    toward the lower bound.
+    objective_bound: a proven lower bound on min over the set and s != y of f_y - f_s
+    (capped at the tolerance where a target was ruled out).
     """
 
     status: str
@@ -51,8 +91,11 @@ class MIPResult:
 class MinDistance:
     """Minimal l_p distance from x to a point classified as some s != y (within the box).
 
-    ``distance`` is attained by ``point`` (re-checked: f_y <= f_s + 1e-6 there); ``lower`` is
-    the solver's proven lower bound; they agree up to the MIP gap when ``optimal``.
+    ``point`` passes ``check_adversarial`` at radius ``distance`` (None, distance inf: no
+    checked point was found); ``lower`` is the solver's proven lower bound on the minimal
+    distance. ``optimal``: every MILP was solved to optimality and distance <= lower +
+    DISTANCE_TOL, so the minimal distance lies in [lower, distance], known to DISTANCE_TOL.
+    ``timed_out``: the time limit stopped some MILP (``optimal`` is then False).
     """
 
     distance: float
@@ -61,6 +104,7 @@ class MinDistance:
     target: int | None
     optimal: bool
     seconds: float
+    timed_out: bool = False
 
 
 def _double(net: ReLUNet) -> ReLUNet:
@@ -93,6 +137,17 @@ def _check_p(p: float) -> float:
     return p
 
 
+def _checked_counterexample(
+    net64: ReLUNet, x64: torch.Tensor, point, y: int, eps: float, p: float
+) -> torch.Tensor | None:
+    """The solver's ``point`` pulled strictly inside the ball and the box (``snap_to_ball``),
+    if it then passes ``check_adversarial`` at radius eps; else None. x64: [1, *input_shape]."""
+    cand = torch.as_tensor(point, dtype=torch.float64).reshape(x64.shape)
+    cand = snap_to_ball(x64, cand, eps, p)
+    ok = check_adversarial(net64, x64, cand, torch.tensor([y]), eps, p)
+    return cand[0] if bool(ok[0]) else None
+
+
 def mip_verify(
     net: ReLUNet,
     x: torch.Tensor,
@@ -102,21 +157,23 @@ def mip_verify(
     time_limit: float = 120.0,
     bounds: list[Bounds] | None = None,
     box: tuple[float, float] | None = (0.0, 1.0),
-    margin_tol: float = 1e-6,
+    margin_tol: float = MARGIN_TOL,
 ) -> MIPResult:
     """Decide whether f classifies every x' in the l_p ball (p in {1, inf}) of radius eps as y.
 
     ``bounds``: pre-activation bounds of the hidden layers (e.g. ``layer_bounds(...)``, logits
     entry ignored) valid over this ball for this single point; CROWN in float64 when None.
-    "robust" means the solver proved that no x' with f_y - f_s <= +margin_tol exists: the
-    positive margin absorbs the solver's feasibility tolerances, so a tie or a misclassification
-    by less than the tolerance cannot hide behind them (sound, never optimistic).
+    "robust" means that no x' with f_y - f_s <= +tol exists, tol = max(margin_tol, the
+    rounding tolerance of the bounds); targets whose CROWN margin bound already exceeds tol
+    are skipped (the same criterion, proven without a solver).
     """
+    if not (eps >= 0 and time_limit > 0 and margin_tol > 0):
+        raise ValueError(f"need eps >= 0, time_limit > 0, margin_tol > 0; got {eps}, {time_limit}, {margin_tol}")
     start = time.perf_counter()
     p, net64, x64 = _check_p(p), _double(net), _single(x, net)
+    if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), eps, p)[0]):
+        return MIPResult("attacked", x64[0], time.perf_counter() - start, -INF, None)
     with torch.no_grad():
-        if net64(x64).argmax(1).item() != y:
-            return MIPResult("attacked", x64[0], time.perf_counter() - start, -INF, None)
         ball = input_ball(x64, float(eps), p, box)
         if bounds is None:
             passes = hidden_bounds(net64, ball, "crown")
@@ -124,6 +181,7 @@ def mip_verify(
             passes = {"crown": _one_point_bounds(bounds, len(net.layers) - 1)}
         spec = margin_spec(torch.tensor([y]), net.num_classes, torch.float64)
         margin_lb = output_bounds(net64, spec, ball, passes)[0][0].numpy()
+        tol = max(float(margin_tol), float(rounding_tolerance(net64, ball, passes)[0]))
     hidden = _numpy_bounds(passes["crown"])
     xf = x64.reshape(-1).numpy()
     lo, hi = (t[0].numpy() for t in ball.cube())
@@ -136,50 +194,51 @@ def mip_verify(
     last = encode_relu_net(prog, net64, x_cols, hidden)
 
     bound = {s: float(margin_lb[s]) for s in range(net.num_classes) if s != y}
-    targets = sorted((s for s in bound if bound[s] <= 0), key=bound.get)  # likeliest first
+    targets = sorted((s for s in bound if bound[s] <= tol), key=bound.get)  # likeliest first
     undecided = set()  # why targets stayed open: "timeout" or "unknown"
     for s in targets:
-        remaining = time_limit - (time.perf_counter() - start)
-        if remaining <= 0:
-            undecided.add("timeout")
-            break
         cols, coef, const = margin_row(net64, last, y, s)
-        cut = (cols, coef, -INF, margin_tol - const)  # f_y - f_s <= +margin_tol
-        h = prog.solve(dict(zip(cols, coef)), [cut], remaining, {**OPTIONS, "mip_max_improving_sols": 1})
-        status = h.getModelStatus()
-        if status == highspy.HighsModelStatus.kInfeasible:
-            bound[s] = max(bound[s], margin_tol)
-            continue
-        info = h.getInfo()
-        if info.mip_dual_bound > -INF:  # bounds the margin where it is <= +margin_tol
-            bound[s] = max(bound[s], min(info.mip_dual_bound + const, margin_tol))
-        if info.primal_solution_status == 2:  # feasible point available
-            x_adv = _checked_counterexample(net64, ball, np.array(h.getSolution().col_value)[x_cols], y)
-            if x_adv is not None:
-                seconds = time.perf_counter() - start
-                return MIPResult("attacked", x_adv.reshape(net.input_shape), seconds, min(bound.values()), s)
-            undecided.add("unknown")
-        else:
-            undecided.add("timeout" if status == highspy.HighsModelStatus.kTimeLimit else "unknown")
+        cut = (cols, coef, -INF, tol - const)  # f_y - f_s <= +tol
+        why = "unknown"  # a target stays open unless HiGHS proves its MILP infeasible
+        # stop at a margin < -margin_tol; only if that point fails the re-check, minimise fully
+        for goal in (-margin_tol, -INF):
+            remaining = time_limit - (time.perf_counter() - start)
+            if remaining <= 0:
+                why = "timeout"
+                break
+            h = prog.solve(dict(zip(cols, coef)), [cut], remaining, {"objective_target": goal - const})
+            status, info = h.getModelStatus(), h.getInfo()
+            if status == Status.kInfeasible:
+                bound[s], why = max(bound[s], tol), None
+                break
+            if info.mip_dual_bound > -INF:  # bounds the margin where it is <= +tol
+                bound[s] = max(bound[s], min(info.mip_dual_bound + const, tol))
+            if info.primal_solution_status == 2:  # the solver has a point
+                point = np.array(h.getSolution().col_value)[x_cols]
+                x_adv = _checked_counterexample(net64, x64, point, y, eps, p)
+                if x_adv is not None:
+                    seconds = time.perf_counter() - start
+                    return MIPResult("attacked", x_adv.reshape(net.input_shape), seconds, min(bound.values()), s)
+            if status != Status.kObjectiveTarget:  # optimal, out of time, or stopped otherwise
+                why = "timeout" if status == Status.kTimeLimit else "unknown"
+                break
+        if why is not None:
+            undecided.add(why)
     outcome = "timeout" if "timeout" in undecided else "unknown" if undecided else "robust"
     return MIPResult(outcome, None, time.perf_counter() - start, min(bound.values()))
 
 
-def _checked_counterexample(net64: ReLUNet, ball, point: np.ndarray, y: int) -> torch.Tensor | None:
-    """The solver's point, moved back into the set against tolerances; None unless misclassified."""
-    x = ball.center[0]
-    lo, hi = (t[0] for t in ball.cube())
-    cand = torch.maximum(torch.minimum(torch.from_numpy(point), hi), lo)
-    if ball.p == 1.0:
-        norm = (cand - x).abs().sum()
-        if norm > ball.eps:  # shrinking towards x keeps it in the (convex) box
-            cand = x + (cand - x) * (ball.eps / norm)
-    if not bool(ball.contains(cand.unsqueeze(0), tol=1e-12)):
-        return None
-    with torch.no_grad():
-        logits = net64(cand.reshape(1, *net64.input_shape))[0]
-    others = torch.cat([logits[:y], logits[y + 1 :]])
-    return cand if logits[y] < others.max() else None
+def _pushed_counterexample(net64: ReLUNet, x64: torch.Tensor, point: np.ndarray, y: int, p: float):
+    """(point, radius) with the point on the ray from x through the solver's boundary point,
+    pushed by the first of ``_PUSHES`` that makes it pass ``check_adversarial`` at radius =
+    its norm (1 + 4 CHECK_MARGIN); None if no push does (the ray leaves the other class)."""
+    delta = torch.from_numpy(point).reshape(x64.shape) - x64
+    for push in _PUSHES:
+        cand = (x64 + delta * (1.0 + push)).clamp(0.0, 1.0)
+        radius = float(torch.linalg.vector_norm((cand - x64).flatten(), ord=p)) * (1.0 + 4 * CHECK_MARGIN)
+        if bool(check_adversarial(net64, x64, cand, torch.tensor([y]), radius, p)[0]):
+            return cand[0], radius
+    return None
 
 
 def mip_min_distance(
@@ -192,15 +251,20 @@ def mip_min_distance(
 ) -> MinDistance:
     """min ||x' - x||_p over x' in [0, 1]^d with f_s(x') >= f_y(x') for some s != y (p in {1, inf}).
 
-    One MILP per target class; the best distance so far caps the next ones. ``bounds`` must
-    hold over the whole box (CROWN over the l_inf ball of radius 1, which covers it, if None).
+    One MILP per target class; the best checked distance so far caps the next ones. The
+    MILP's minimiser lies on the decision boundary (a tie): the point returned is pushed
+    just past it along the ray from x, by the least of ``_PUSHES`` that makes it strictly
+    misclassified. ``bounds`` must hold over the whole box (CROWN over the l_inf ball of
+    radius 1, which covers it, if None).
     """
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0, got {time_limit}")
     start = time.perf_counter()
     p, net64, x64 = _check_p(p), _double(net), _single(x, net)
-    with torch.no_grad():
-        if net64(x64).argmax(1).item() != y:
-            return MinDistance(0.0, 0.0, x64[0], None, True, time.perf_counter() - start)
-        if bounds is None:
+    if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), 0.0, p)[0]):
+        return MinDistance(0.0, 0.0, x64[0], None, True, time.perf_counter() - start)
+    if bounds is None:
+        with torch.no_grad():
             bounds = hidden_bounds(net64, input_ball(x64, 1.0, INF, (0.0, 1.0)), "crown")["crown"]
     hidden = _numpy_bounds(_one_point_bounds(bounds, len(net.layers) - 1))
     xf = x64.reshape(-1).numpy()
@@ -219,35 +283,39 @@ def mip_min_distance(
         objective = {int(r): 1.0}
     last = encode_relu_net(prog, net64, x_cols, hidden)
 
-    best, best_point, best_target, lower, optimal = INF, None, None, INF, True
-    options = {**OPTIONS, "mip_rel_gap": 1e-7, "mip_abs_gap": 1e-10}
+    best, best_point, best_target, lower, solved, timed_out = INF, None, None, INF, True, False
+    options = {"mip_rel_gap": 1e-7, "mip_abs_gap": 1e-10}
     for s in (s for s in range(net.num_classes) if s != y):
-        remaining = time_limit - (time.perf_counter() - start)
-        if remaining <= 0:
-            optimal = False
-            break
         cols, coef, const = margin_row(net64, last, y, s)
-        rows = [(cols, coef, -INF, -const)]  # f_y - f_s <= 0
-        if best < INF:  # only a closer point can matter
-            norm_cols = list(objective)
-            rows.append((np.array(norm_cols), np.ones(len(norm_cols)), -INF, best))
-        h = prog.solve(objective, rows, remaining, options)
-        status = h.getModelStatus()
-        if status == highspy.HighsModelStatus.kInfeasible:
-            continue  # unreachable, or not closer than the best so far
-        info = h.getInfo()
-        lower = min(lower, info.mip_dual_bound)
-        optimal &= status == highspy.HighsModelStatus.kOptimal
-        if info.primal_solution_status != 2:
-            continue
-        point = torch.from_numpy(np.clip(np.array(h.getSolution().col_value)[x_cols], 0.0, 1.0))
-        with torch.no_grad():
-            logits = net64(point.reshape(1, *net.input_shape))[0]
-        if logits[y] - logits[s] > 1e-6:
-            optimal = False  # the solver's point is off by more than its tolerances
-            continue
-        dist = float(torch.linalg.vector_norm(point - x64.reshape(-1), ord=p))
-        if dist < best:
-            best, best_point, best_target = dist, point.reshape(net.input_shape), s
+        # The boundary f_y - f_s <= 0 first: its optimum bounds the distance from below. Its
+        # minimiser is a tie; if no push along the ray makes it a counterexample (the margin
+        # only touches 0 there), the closest point misclassified by STRICT_MARGIN instead.
+        for level in (0.0, -STRICT_MARGIN):
+            remaining = time_limit - (time.perf_counter() - start)
+            if remaining <= 0:
+                solved, timed_out = False, True
+                break
+            rows = [(cols, coef, -INF, level - const)]
+            if best < INF:  # only a closer point can matter
+                norm_cols = list(objective)
+                rows.append((np.array(norm_cols), np.ones(len(norm_cols)), -INF, best))
+            h = prog.solve(objective, rows, remaining, options)
+            status = h.getModelStatus()
+            if status == Status.kInfeasible:
+                break  # unreachable, or not closer than the best so far
+            info = h.getInfo()
+            if level == 0.0:
+                lower = min(lower, info.mip_dual_bound)
+            solved &= status == Status.kOptimal
+            timed_out |= status == Status.kTimeLimit
+            if info.primal_solution_status != 2:
+                break
+            found = _pushed_counterexample(net64, x64, np.array(h.getSolution().col_value)[x_cols], y, p)
+            if found is not None:
+                if found[1] < best:
+                    (best_point, best), best_target = found, s
+                break
     lower = min(lower, best)
-    return MinDistance(best, lower, best_point, best_target, optimal, time.perf_counter() - start)
+    point = None if best_point is None else best_point.reshape(net.input_shape)
+    optimal = solved and best <= lower + DISTANCE_TOL
+    return MinDistance(best, lower, point, best_target, optimal, time.perf_counter() - start, timed_out)
