@@ -144,9 +144,13 @@ def _mip(net64, x, y, idx, eps, p, options, st: _State) -> None:
         # big-M constants come from float64 CROWN bounds over this point's ball (mip_verify's default)
         result = mip_verify(net64, xi, int(y[i]), eps, p, time_limit=options.mip_time_limit)
         st.seconds[i] += time.perf_counter() - start
+        # 'timeout' and 'unknown' leave the point undecided: they certify nothing and, having
+        # no checked point, attack nothing
         if result.status == "robust":
             st.certify(_one(i, len(x)), eps, "mip", closed_ball=True)
         elif result.status == "attacked" and result.counterexample is not None:
+            # mip_verify returns only points that pass check_adversarial (snapped into the
+            # ball); the same check here keeps the cascade's one gate for every stage
             cx = result.counterexample.view_as(xi)
             if bool(check_adversarial(net64, xi, cx, y[i : i + 1], eps, p)[0]):
                 norms = torch.full((len(x),), INF, dtype=torch.float64)
