@@ -6,7 +6,8 @@ import sys
 
 import pytest
 import torch
-from test_convert import _export, conv_model
+from test_convert import Standardize, _bn, _export, conv_model
+from torch import nn
 
 import mmru
 from mmru.certification.records import ATTACKED, CERTIFIED
@@ -49,6 +50,24 @@ def test_torch_onnx_and_native_paths_give_identical_records(tmp_path, one_thread
     statuses = {r.status for r in from_module.records}
     assert CERTIFIED in statuses and len(statuses) > 1  # not vacuous: some certified, some not
     assert len(from_module.records) == len(x) * len(EPS)
+
+
+def test_exact_mip_gives_the_same_verdicts_on_the_torch_and_onnx_imports(tmp_path, one_thread):
+    """Normalisation, padded conv, BatchNorm, AvgPool: the MIPs over the (z, -z) layer and the
+    folded weights solve alike (each in well under a second, far below the time limit)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Standardize([0.5], [0.25]), nn.Conv2d(1, 2, 3, padding=1), _bn(nn.BatchNorm2d(2)),
+                          nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(18, 8), _bn(nn.BatchNorm1d(8)),
+                          nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[0] = (y[0] + 1) % 3
+    eps = {"l1": 0.6, "linf": 0.1}
+    runs = [mmru.certify(net, x, y, eps, attack="none", mip=True, mip_time_limit=60.0).records
+            for net in (model, str(_export(model, (1, 6, 6), tmp_path / "small.onnx", fold=False)))]
+    assert _without_seconds(runs[0]) == _without_seconds(runs[1])
+    assert sum(r.certified_by == "mip" for r in runs[0]) >= 2
 
 
 def test_summary_counts_the_records(one_thread):
