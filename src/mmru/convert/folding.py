@@ -98,7 +98,7 @@ def _fold_segment(ops: list[Op], shape: tuple[int, ...], nonneg_input: bool,
     while changed:
         changed = False
         for i in range(len(ops) - 1):
-            merged = _merge(ops[i], ops[i + 1], _out_shape(ops[:i], shape))
+            merged = _merge(ops[i], ops[i + 1])
             if merged is not None:
                 ops[i : i + 2] = [merged]
                 changed = True
@@ -124,7 +124,7 @@ def _fold_segment(ops: list[Op], shape: tuple[int, ...], nonneg_input: bool,
     return layers
 
 
-def _merge(a: Op, b: Op, in_shape: tuple[int, ...]) -> Op | None:
+def _merge(a: Op, b: Op) -> Op | None:
     """a then b as one op, when that is exact; else None."""
     if isinstance(a, Scale) and isinstance(b, Scale):
         return Scale(a.scale * b.scale, a.shift * b.scale + b.shift, a.name)

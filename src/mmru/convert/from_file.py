@@ -14,7 +14,7 @@ from torch import nn
 
 from mmru.convert.from_onnx import from_onnx
 from mmru.convert.from_torch import from_torch
-from mmru.convert.ops import ConversionError
+from mmru.convert.ops import ConversionError, first_line
 from mmru.models import ReLUNet
 
 
@@ -39,7 +39,7 @@ def load_model(path: str | Path, arch: str | Callable[[], nn.Module] | None = No
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        why = str(err).splitlines()[0][:160]
+        why = first_line(err)
         raise ConversionError(f"{path} cannot be read safely as a state dict ({why})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a training checkpoint wrapping the weights
@@ -48,7 +48,7 @@ def load_model(path: str | Path, arch: str | Callable[[], nn.Module] | None = No
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        why = str(err).splitlines()[0][:160]
+        why = first_line(err)
         raise ConversionError(f"{path} does not fit the architecture {arch} ({why})") from None
     return from_torch(module, input_shape)
 

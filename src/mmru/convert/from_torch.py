@@ -20,7 +20,17 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from mmru.convert.folding import to_relunet
-from mmru.convert.ops import Affine, ConversionError, Flatten, Op, Relu, avg_pool_conv, check_conv, scale_from
+from mmru.convert.ops import (
+    Affine,
+    ConversionError,
+    Flatten,
+    Op,
+    Relu,
+    avg_pool_conv,
+    check_conv,
+    first_line,
+    scale_from,
+)
 from mmru.models import ReLUNet
 
 _SKIPPED = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
@@ -61,13 +71,13 @@ def from_torch(module: nn.Module, input_shape: Sequence[int], dtype: torch.dtype
         graph = _Tracer().trace(model)
     except Exception as err:  # fx raises many kinds on data-dependent control flow
         raise ConversionError(f"the model cannot be traced with torch.fx ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:160]}); mmru needs a plain chain of layers") from None
+                              f"{first_line(err)}); mmru needs a plain chain of layers") from None
     gm = fx.GraphModule(model, graph)
     try:
         ShapeProp(gm).propagate(torch.zeros(1, *shape, dtype=torch.float64))
     except Exception as err:
         raise ConversionError(f"the model does not run on inputs of shape {list(shape)} "
-                              f"({str(err).splitlines()[0][:160]})") from None
+                              f"({first_line(err)})") from None
     return to_relunet(_ops(gm), shape, dtype)
 
 

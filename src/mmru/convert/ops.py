@@ -19,6 +19,11 @@ class ConversionError(UserError, ValueError):
     """A model mmru cannot turn into an exactly equal ReLUNet; the message names the layer and why."""
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to one short line, to quote inside a one-sentence error."""
+    return (str(err).splitlines() or [type(err).__name__])[0][:160]
+
+
 @dataclass
 class Affine:
     """A Conv2d (zero padding, dilation 1, groups 1) or Linear layer, float64."""
