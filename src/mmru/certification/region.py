@@ -3,7 +3,7 @@
 A certified radius is only as good as its last bit: the radii stay float64 (never narrowed) and
 each distance |g_j(x)| / ||V_j||_q of eqs (14), (15) is replaced by a lower bound of its exact
 value, covering the rounding of the forward pass, of the rows and of their norms (see
-``_rounding_errors``; on cnn_small this shrinks radii by 1e-8 .. 1e-5 relative).
+``_rounding_errors``; measured on cnn_small at initialisation: 1e-8 .. 1e-5 relative).
 """
 
 from __future__ import annotations
