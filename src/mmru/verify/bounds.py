@@ -148,6 +148,7 @@ def margin_spec(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.
 
 
 def _margins(net, x, y, eps, p, method, box, intersect) -> tuple[torch.Tensor, LpBall, dict[str, list[Bounds]]]:
+    """Margin lower bounds [B, K], with the ball and the passes they came from."""
     ball = input_ball(x, eps, p, box)
     passes = hidden_bounds(net, ball, method, intersect)
     spec = margin_spec(y, net.num_classes, x.dtype)
