@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
+from mmru.errors import TrainingDiverged
 from mmru.models import ReLUNet
 from mmru.regularizers.base import Regularizer
 
@@ -47,10 +48,26 @@ class RobustClassifier(L.LightningModule):
         x, y = batch
         out = self.regularizer.training_loss(self.net, x, y)
         self.accuracy["train_acc"](out.logits.detach(), y)
+        self._last_loss, self._last_batch = out.loss.detach(), batch_idx  # for on_before_optimizer_step
         self.log("train/loss", out.loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         for name, value in out.logs.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
         return out.loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before a NaN or infinite loss or gradient reaches the weights.
+
+        The verdict is agreed on by all processes of a DDP run, so all stop together. Raising
+        before the step keeps the weights finite and the checkpoints of earlier epochs
+        (last.ckpt among them) as they were: ModelCheckpoint does not save on exceptions.
+        """
+        loss = self._last_loss
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(loss), *(torch.isfinite(g).all() for g in grads)]).all())
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            what = f"loss became {float(loss)}" if not torch.isfinite(loss) else "loss's gradient became NaN or inf"
+            raise TrainingDiverged(f"training diverged: the {what} at epoch {self.current_epoch}, "
+                                   f"step {self._last_batch} of the epoch (global step {self.global_step})")
 
     def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch

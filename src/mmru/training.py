@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,12 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmru.data import RobustDataModule
+from mmru.errors import ConfigError, TrainingDiverged
 from mmru.module import RobustClassifier
+from mmru.validation import validate_certify_config, validate_train_config
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range; the message is one sentence for users."""
 
 
 def compose_train_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
@@ -47,18 +44,26 @@ def compose_config(name: str, overrides: list[str], return_hydra_config: bool = 
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Reject values that would only fail (or silently misbehave) later in the run."""
-    checks = [
-        ("lr", cfg.lr, "a positive number"),
-        ("batch_size", cfg.batch_size, "a positive integer"),
-        ("trainer.max_epochs", cfg.trainer.max_epochs, "a positive integer"),
-    ]
-    checks += [(f"dataset.eps.{k}", v, "a positive number") for k, v in cfg.dataset.eps.items()]
-    for key, value, what in checks:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
-            raise ConfigError(f"{key} must be {what}, got {value!r}.")
-    if not 0 <= cfg.dataset.val_fraction < 1:
-        raise ConfigError(f"dataset.val_fraction must lie in [0, 1), got {cfg.dataset.val_fraction!r}.")
+    """Reject values that would only fail (or silently misbehave) later in the run.
+
+    Covers the trainer's and the regularizer's options (mmru.validation's tables) and, when the
+    run certifies its checkpoint at the end, certify.py's options, so that a typo there does not
+    surface only after the training.
+    """
+    validate_train_config(cfg)
+    if cfg.certify_after_training:
+        from hydra.errors import HydraException
+
+        try:
+            certify_cfg = compose_config("certify", overrides=list(cfg.certify_overrides))
+        except HydraException as err:
+            raise ConfigError(f"certify_overrides cannot be applied ({str(err).splitlines()[0]}).") from None
+        try:
+            validate_certify_config(certify_cfg)
+        except ConfigError as err:
+            raise ConfigError(f"certify_overrides: {err}") from None
+        if certify_cfg.split == "val" and not cfg.dataset.val_fraction > 0:
+            raise ConfigError("certify_overrides ask for split=val, which needs dataset.val_fraction > 0.")
 
 
 def build_datamodule(cfg: DictConfig) -> RobustDataModule:
@@ -119,7 +124,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Without a held-out split there is nothing to validate on (and the test set must not be).
     no_val = {} if datamodule.has_validation else {"limit_val_batches": 0}
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **no_val)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except TrainingDiverged as err:
+        kept = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        raise TrainingDiverged(f"{err}; the last good checkpoint is {kept}." if kept else
+                               f"{err}, before any checkpoint was saved.") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None

@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 import torch
 
-from mmru.cli import UserError
+from mmru.errors import UserError
 from mmru.models import ReLUNet
 
 

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mmru.certification.cascade import NORMS, CascadeOptions, certify_batch
+from mmru.certification.cascade import CascadeOptions, certify_batch
 from mmru.certification.checkpoint import load_checkpoint
 from mmru.certification.curves import robustness_curves, universal_curve
 from mmru.certification.outputs import print_row, write_outputs
@@ -21,15 +21,14 @@ from mmru.certification.records import (
     rewrite_records,
     summarize,
 )
-from mmru.cli import UserError
 from mmru.data import RobustDataModule
+from mmru.errors import UserError
 from mmru.models import ReLUNet
+from mmru.validation import validate_certify_config
 
 
 def shard_indices(n_points: int, shard: int, num_shards: int) -> list[int]:
-    """Shard ``shard`` of ``num_shards``: every num_shards-th of the first n_points test points."""
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise UserError(f"shard must lie in [0, num_shards), got shard={shard} num_shards={num_shards}")
+    """Shard ``shard`` (in [0, num_shards)) of ``num_shards``: every num_shards-th of the first n_points points."""
     return list(range(shard, n_points, num_shards))
 
 
@@ -50,19 +49,13 @@ def test_error(net: ReLUNet, dataset, batch_size: int = 500) -> float:
 
 
 def run_certification(cfg: DictConfig) -> dict:
+    """Certify the first ``cfg.n_points`` points of ``cfg.split``; every option is checked first."""
     if cfg.ckpt is None:
         raise UserError("give the checkpoint to certify: python certify.py ckpt=<path to .ckpt>")
-    for key in ("n_points", "batch_size"):
-        if not int(cfg[key]) > 0:
-            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    validate_certify_config(cfg)
     net, run = load_checkpoint(cfg.ckpt)
     norms = list(cfg.norms)
-    unknown = [name for name in norms if name not in NORMS]
-    if unknown:
-        raise UserError(f"unknown norm {unknown[0]!r}; choose from {', '.join(NORMS)}")
     eps = {name: float(cfg.eps[name] if cfg.eps.get(name) is not None else run["eps"][name]) for name in norms}
-    if any(not v > 0 for v in eps.values()):
-        raise UserError(f"every eps must be positive, got {eps}")
     points = _dataset(cfg, run, net)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg.ckpt, cfg.split, cfg.shard, cfg.num_shards)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +69,8 @@ def run_certification(cfg: DictConfig) -> dict:
     records = _resume(out_dir / "points.jsonl", eps, indices)
     done = {r.index for r in records}
     todo = [i for i in indices if i not in done]
+    if done:
+        print(f"resumed {len(done)} of {len(indices)} points from {out_dir / 'points.jsonl'}")
     with _progress(cfg.progress) as bar:
         task = bar.add_task("certifying", total=len(indices), completed=len(indices) - len(todo))
         for chunk in range(0, len(todo), cfg.batch_size):
@@ -101,9 +96,12 @@ def run_certification(cfg: DictConfig) -> dict:
 
 def _dataset(cfg: DictConfig, run: dict, net: ReLUNet):
     """The test set, or the training run's own validation split (same fraction and seed)."""
-    if cfg.split not in ("test", "val"):
-        raise UserError(f"split must be 'test' or 'val', got {cfg.split!r}")
-    name = cfg.dataset or run.get("dataset")
+    name = cfg.dataset.name if cfg.get("dataset") else run.get("dataset")
+    if cfg.get("dataset") and (tuple(cfg.dataset.input_shape), cfg.dataset.num_classes) != (
+            net.input_shape, net.num_classes):
+        raise UserError(f"dataset={name} has inputs of shape {list(cfg.dataset.input_shape)} in "
+                        f"{cfg.dataset.num_classes} classes, but the checkpoint's net takes {list(net.input_shape)} "
+                        f"in {net.num_classes}: the shapes do not match")
     val_fraction = float(run.get("val_fraction") or 0.0)
     if cfg.split == "val" and not val_fraction > 0:
         raise UserError("split=val needs a model trained with dataset.val_fraction > 0 (it has no validation split)")

@@ -13,6 +13,8 @@ import torchvision
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from mmru.errors import DatasetUnavailable
+
 #: how to supply the files by hand when they cannot be downloaded
 _HOW_TO_SUPPLY = {
     "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
@@ -20,10 +22,6 @@ _HOW_TO_SUPPLY = {
     "cifar10": "cifar-10-batches-py/ (the python version of CIFAR-10, unpacked)",
     "gts": "gtsrb/GTSRB/Training/, gtsrb/GTSRB/Final_Test/Images/ and gtsrb/GT-final_test.csv",
 }
-
-
-class DatasetUnavailable(RuntimeError):
-    """A dataset is neither on disk nor downloadable; the message is one sentence for users."""
 
 
 def build_torchvision_dataset(name: str, root: str | Path, train: bool, download: bool, augment: bool) -> Dataset:
