@@ -1,5 +1,6 @@
 """Table 1's training schemes: AT-l_p, AT-(l1,l2,l_inf), KW, MMR+AT; objectives, configs, effects."""
 
+import functools
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from hydra.utils import instantiate
 
 from conftest import ROOT
 from mmru.attacks import adversarial_norm, pgd
+from mmru.certification.checkpoint import load_checkpoint
 from mmru.data import load_mnist5k
 from mmru.models import mlp
 from mmru.regularizers import Regularizer
@@ -53,7 +55,10 @@ def test_at_trains_on_pgd_points_in_the_first_part_of_the_batch():
     torch.testing.assert_close(out.logs["ce_adv"], F.cross_entropy(logits[:n], y[:n]))
     torch.testing.assert_close(out.logs["ce_clean"], F.cross_entropy(net(x), y))
     assert out.logs["adv_error"] == (logits[:n].argmax(1) != y[:n]).float().mean()
-    assert out.logs["ce_adv"] >= F.cross_entropy(net(x[:n]), y[:n])  # PGD raised the loss
+    with torch.no_grad():  # at the same weights, PGD raised the loss of every adversarial point
+        gain = F.cross_entropy(net(x_adv), y[:n], reduction="none") - F.cross_entropy(net(x[:n]), y[:n],
+                                                                                       reduction="none")
+    assert (gain > 0).all(), gain
 
     out.loss.backward()  # the attack left the parameters' gradients to the objective alone
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
@@ -68,8 +73,8 @@ def test_at_without_adversarial_points_is_plain_training():
 
 
 def test_union_keeps_the_highest_loss_point_of_the_three_norms():
-    net, x, y = setup(1)
-    eps = {"l1": 1.5, "l2": 0.5, "linf": 0.1}
+    net, x, y = setup(1, n=12)
+    eps = {"l1": 2.0, "l2": 0.5, "linf": 0.11}  # radii at which each norm wins for some points
     reg = UnionAdversarialTraining(eps, steps=5)
     torch.manual_seed(2)
     best, logs = reg.adversarial_examples(net, x, y)
@@ -79,6 +84,7 @@ def test_union_keeps_the_highest_loss_point_of_the_three_norms():
         losses = torch.stack([F.cross_entropy(net(c), y, reduction="none") for c in candidates])
         torch.testing.assert_close(F.cross_entropy(net(best), y, reduction="none"), losses.max(0).values)
     winner = losses.argmax(0)
+    assert set(winner.tolist()) == {0, 1, 2}  # so a choice that ignores one norm fails
     for i, name in enumerate(("l1", "l2", "linf")):
         assert logs[f"won_{name}"] == pytest.approx((winner == i).float().mean().item())
         chosen = winner == i
@@ -98,6 +104,12 @@ def test_kw_loss_is_the_robust_cross_entropy_at_the_ramped_eps():
     margins = margin_lower_bounds(net, x, y, 0.025, INF, method="kw")
     torch.testing.assert_close(out.loss, F.cross_entropy(-margins, y))
     # the worst-case logits are worse than the clean ones, point by point
+    with torch.no_grad():
+        robust = F.cross_entropy(-margins, y, reduction="none")
+        assert (robust >= F.cross_entropy(net(x), y, reduction="none")).all()
+        # and worse at the full radius than at the ramped one
+        assert (F.cross_entropy(-margin_lower_bounds(net, x, y, 0.1, INF, method="kw"), y, reduction="none")
+                > robust).all()
     assert out.loss >= out.logs["ce_clean"]
     certified = certify(net, x, y, 0.025, INF, "kw")
     assert out.logs["robust_error"] == pytest.approx(1 - certified.float().mean().item())
@@ -156,14 +168,28 @@ def test_every_scheme_trains_through_train_py_config(tmp_path, scheme):
         # KW bounds of cnn_small cost ~3 s per batch of 128 on 2 cores: a small MLP here
         overrides += ["model=mlp", "model.widths=[32]"]
     metrics = train(compose_train_config(overrides, tmp_path))
-    assert 0 <= metrics["test/error"] <= 1 and math.isfinite(metrics["train/loss"])
-    if "at" in scheme.split("_"):
-        assert 0 <= metrics["train/adv_error"] <= 1
+    # the checkpoint holds this scheme's net, and the logged test error is that net's error
+    net, run = load_checkpoint(metrics["checkpoint"])
+    assert run["regularizer"] == scheme
+    x, y = (t[:128] for t in load_mnist5k("test").tensors)
+    with torch.no_grad():
+        wrong = int((net(x).argmax(1) != y).sum())
+    assert metrics["test/error"] == pytest.approx(wrong / 128, abs=1e-6)
+    # the logged terms make up the trained objective (epoch means over the same batches)
+    logged = {k.removeprefix("train/"): v for k, v in metrics.items() if k.startswith("train/")}
+    close = functools.partial(pytest.approx, rel=1e-5)
+    if scheme == "none":
+        assert logged["loss"] == close(logged["ce"]) and "penalty" not in logged
+    if scheme.startswith("mmr") or scheme == "universal":  # eqs (16), (17): CE + penalty
+        assert logged["penalty"] > 0 and logged["loss"] == close(logged["ce"] + logged["penalty"])
+    if "at" in scheme.split("_"):  # the adversarial half has a higher loss than the clean batch
+        assert logged["ce_adv"] > logged["ce_clean"]
     if scheme == "at_union":
-        won = sum(metrics[f"train/won_{n}"] for n in ("l1", "l2", "linf"))
-        assert won == pytest.approx(1.0)
-    if scheme.startswith("kw_"):
-        assert metrics["train/robust_ce"] >= metrics["train/ce_clean"]
+        assert sum(logged[f"won_{n}"] for n in ("l1", "l2", "linf")) == pytest.approx(1.0)
+    if scheme.startswith("kw_"):  # the robust CE at the first epoch's radius, eps / 10
+        assert logged["loss"] == close(logged["robust_ce"]) and logged["robust_ce"] >= logged["ce_clean"]
+        assert logged["eps"] == close({"kw_linf": 0.1, "kw_l2": 0.3}[scheme] / 10)
+        assert logged["robust_error"] >= logged["error"]  # a certified point is classified correctly
 
 
 # ---- the defining effects after a short run ----------------------------------------------------
