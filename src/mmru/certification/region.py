@@ -37,14 +37,14 @@ def region_radii(net: ReLUNet, x: torch.Tensor, y: torch.Tensor, ps: list[float]
     r_p(x) = d^D when 0 <= d^D <= d^B; in the latter case the l_p projection of x onto the
     closest decision hyperplane is a counterexample, unless it leaves the [0, 1] box. It is
     built and re-checked (inside ball, box, misclassified in float64) before it counts.
-    The radius is a lower bound of the computed distances' true values (``_lower_distances``).
+    The radius bounds the exact distances from below, rounding included (``_lower_distances``).
     """
     x64 = x.double()
     qs = {p: dual_exponent(p) for p in ps}
     with torch.no_grad():
         norms = row_norms(net, x64, y, set(qs.values()))
         correct = net(x64).argmax(1) == y
-        errors = _rounding_errors(net, x64, y)
+        errors = _rounding_errors(net, x64)
     out = {}
     for p in ps:
         nominal = distances(norms, p)
@@ -80,7 +80,7 @@ class _Errors:
     unit: float  #: u, the unit roundoff
 
 
-def _rounding_errors(net: ReLUNet, x64: torch.Tensor, y: torch.Tensor) -> _Errors:
+def _rounding_errors(net: ReLUNet, x64: torch.Tensor) -> _Errors:
     """Error bounds for the float64 numerators and rows of eqs (14), (15) inside Q(x).
 
     Standard analysis: a chain of sums and products is off by at most gamma_n times the same
