@@ -6,7 +6,8 @@ it, eq (7), in R^2 and R^3) and ``figure2.png`` (eqs (7), (6), (5) for p = 2, ep
 d = 784 and 3072, and the ratio of (7) to max((5), (6))).
 
 Figures are built on ``matplotlib.figure.Figure`` directly, so nothing here touches pyplot's
-global state or backend; PNGs are rendered by Agg.
+global state or backend; PNGs are rendered by Agg. Each ``draw_*`` function returns the Figure
+(so tests can read the plotted data back), and its path-taking twin saves it as a PNG.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ def _draw_3d(ax, eps1: float, eps_inf: float, column: int) -> None:
 
 
 def figure1(path: str | Path, eps1_2d: float = 1.5, eps1_3d: float = 2.0, eps_inf: float = 1.0) -> Path:
+    """Figure 1 (:func:`draw_figure1`) as a PNG at ``path``."""
+    return _save(draw_figure1(eps1_2d, eps1_3d, eps_inf), path)
+
+
+def draw_figure1(eps1_2d: float = 1.5, eps1_3d: float = 2.0, eps_inf: float = 1.0) -> Figure:
     """Figure 1: B_1 and B_inf; the largest l_2-ball in their union (6); the convex hull; the
     largest l_2-ball in the hull (7). Top row R^2, bottom row R^3 (eps1 in (eps_inf, d eps_inf))."""
     fig = Figure(figsize=(12, 6.4), layout="constrained")
@@ -109,11 +115,17 @@ def figure1(path: str | Path, eps1_2d: float = 1.5, eps1_3d: float = 2.0, eps_in
         _draw_3d(fig.add_subplot(2, 4, column + 5, projection="3d"), eps1_3d, eps_inf, column)
     fig.suptitle(f"$d=2$: $\\epsilon_1={eps1_2d:g}$, $d=3$: $\\epsilon_1={eps1_3d:g}$, "
                  f"$\\epsilon_\\infty={eps_inf:g}$")
-    return _save(fig, path)
+    return fig
 
 
 def figure2(path: str | Path, dims: Sequence[int] = (784, 3072), eps_inf: float = 1.0,
             p: float = 2.0, points: int = 20_001) -> Path:
+    """Figure 2 (:func:`draw_figure2`) as a PNG at ``path``."""
+    return _save(draw_figure2(dims, eps_inf, p, points), path)
+
+
+def draw_figure2(dims: Sequence[int] = (784, 3072), eps_inf: float = 1.0, p: float = 2.0,
+                 points: int = 20_001) -> Figure:
     """Figure 2: min l_p-norm outside the hull (7), the union (6) and the naive bound (5) over
     eps1 in [eps_inf, d eps_inf], and the ratio of (7) to max((5), (6)), per dimension d."""
     fig = Figure(figsize=(4 * len(dims) * 2, 3.6), layout="constrained")
@@ -139,10 +151,15 @@ def figure2(path: str | Path, dims: Sequence[int] = (784, 3072), eps_inf: float 
                 label=f"max over integers: {float(int_ratio[best]):.2f} at {float(ints[best]):g}")
         ax.set(xscale="log", xlabel=r"$\epsilon_1$", ylabel="(7) / max((5), (6))", title=f"ratio, d = {d}")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def plot_robustness_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path) -> Path:
+    """The robustness curves (:func:`draw_robustness_curves`) as a PNG at ``path``."""
+    return _save(draw_robustness_curves(curves), path)
+
+
+def draw_robustness_curves(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
     """Robust test error vs eps, one panel per norm.
 
     ``curves[norm]`` (norm e.g. "l1", "l2", "linf") holds ``"eps"`` and at least one of
@@ -162,11 +179,16 @@ def plot_robustness_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], 
         ax.set(xlabel=r"$\epsilon$", ylabel="robust error", ylim=(0, 1),
                title=NORM_LABELS.get(norm, norm))
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def plot_universal_curve(eps_grid: Sequence[float], errors_by_p: Mapping[float, Sequence[float]],
                          path: str | Path) -> Path:
+    """The Theorem 4.1 curves (:func:`draw_universal_curve`) as a PNG at ``path``."""
+    return _save(draw_universal_curve(eps_grid, errors_by_p), path)
+
+
+def draw_universal_curve(eps_grid: Sequence[float], errors_by_p: Mapping[float, Sequence[float]]) -> Figure:
     """Certified robust error vs eps from Theorem 4.1, eq (13), one line per p."""
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     ax = fig.add_subplot()
@@ -176,7 +198,7 @@ def plot_universal_curve(eps_grid: Sequence[float], errors_by_p: Mapping[float, 
         ax.plot(eps, np.asarray(errors, dtype=float), label=label)
     ax.set(xlabel=r"$\epsilon$", ylabel="certified robust error (Thm 4.1)", ylim=(0, 1))
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
