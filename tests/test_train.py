@@ -1,14 +1,18 @@
-"""train.py end to end through Hydra's compose API: errors, resume, W&B offline, datasets."""
+"""train.py end to end through Hydra's compose API: errors, resume, W&B offline, datasets, certify at the end."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import open_dict
 
 from conftest import ROOT
-from mmru.training import ConfigError, compose_train_config, train
+from mmru.certification.checkpoint import load_checkpoint
+from mmru.training import ConfigError, build_datamodule, compose_train_config, objective, train
 from wandb_log import offline_history
 
 
@@ -84,4 +88,54 @@ def test_gts_trains_one_epoch_on_fake_files(tmp_path, fake_data_dir, regularizer
     cfg = make_cfg(tmp_path, [*SMALL, "dataset=gts", f"regularizer={regularizer}", f"paths.data_dir={fake_data_dir}",
                               "trainer.max_epochs=1", "datamodule.download=false"])
     metrics = train(cfg)
-    assert 0 <= metrics["test/error"] <= 1
+    # the checkpoint is a 43-class net on 3x32x32 inputs, trained on gts with this scheme
+    net, run = load_checkpoint(metrics["checkpoint"])
+    assert (net.input_shape, net.num_classes) == ((3, 32, 32), 43)
+    assert (run["dataset"], run["regularizer"]) == ("gts", regularizer)
+    # the logged test metrics are that net's on the 6 resized test images
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("test")
+    x = torch.stack([datamodule.test_set[i][0] for i in range(6)])
+    y = torch.tensor([datamodule.test_set[i][1] for i in range(6)])
+    assert x.shape == (6, 3, 32, 32) and y.tolist() == [(7 * i + 3) % 43 for i in range(6)]  # the CSV's labels
+    with torch.no_grad():
+        logits = net(x)
+    assert metrics["test/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert metrics["test/error"] == pytest.approx((logits.argmax(1) != y).float().mean().item())
+    if regularizer == "universal":  # eq (17): CE plus a positive penalty, as logged
+        assert metrics["train/penalty"] > 0
+        assert metrics["train/loss"] == pytest.approx(metrics["train/ce"] + metrics["train/penalty"], rel=1e-5)
+
+
+# ---- certification at the end of training, and the value a sweep minimises -----------------
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_certify_after_training_writes_the_runs_summary_and_objective(tmp_path, split):
+    certify = ["n_points=8", "batch_size=8", "attack=none", "mip=false", "wandb.enabled=false", "progress=false",
+               f"split={split}"]
+    # an MLP trained enough that some points are certified and some not (measured)
+    cfg = make_cfg(tmp_path, [*SMALL, "datamodule.limit_train=1024", "batch_size=32", "lr=0.005",
+                              "trainer.max_epochs=1", "model=mlp", "model.widths=[32]",
+                              "dataset.val_fraction=0.1", "certify_after_training=true",
+                              f"certify_overrides=[{','.join(repr(c) for c in certify)}]",
+                              f"optimized_metric=certify_{split}/worst_case_ub"])
+    metrics = train(cfg)
+    # certify.py's outputs, in the training run's own directory, for the checkpoint just trained
+    saved = json.loads((tmp_path / ("certify" if split == "test" else "certify-val") / "summary.json").read_text())
+    assert (saved["split"], saved["n_points"]) == (split, 8)
+    assert saved["run"]["checkpoint"] == str(Path(metrics["checkpoint"]).resolve())
+    prefix = f"certify_{split}"
+    assert any(saved[norm]["lb"] != saved[norm]["ub"] for norm in ("l1", "l2", "linf"))  # lb, ub tell apart
+    for norm in ("l1", "l2", "linf"):
+        assert (metrics[f"{prefix}/{norm}_lb"], metrics[f"{prefix}/{norm}_ub"]) == (saved[norm]["lb"], saved[norm]["ub"])
+    assert metrics[f"{prefix}/worst_case_ub"] == saved["worst_case_ub"]
+    # what train.py returns to the sweeper: the metric named by optimized_metric
+    assert saved["worst_case_ub"] != metrics["test/error"]  # (so that the next line tells them apart)
+    assert objective(metrics, cfg) == saved["worst_case_ub"]
+    with open_dict(cfg):
+        cfg.optimized_metric = None
+    assert objective(metrics, cfg) == metrics["test/error"]
+    with open_dict(cfg):
+        cfg.optimized_metric = "certify_val/nosuch"
+    with pytest.raises(ConfigError, match="optimized_metric 'certify_val/nosuch' was not computed"):
+        objective(metrics, cfg)
