@@ -1,24 +1,27 @@
-"""certify.py end to end: outputs, resume, shards, and bad input."""
+"""certify.py end to end: outputs, resume, shards, the validation split, and bad input."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+import torch
 
-from conftest import ROOT
+import mmru.certification.runner as runner
 from mmru.certification.merge import merge_shards
 from mmru.certification.records import load_records
 from mmru.certification.runner import run_certification, shard_indices
-from mmru.training import compose_config, compose_train_config, train
+from mmru.cli import user_errors
+from mmru.training import build_datamodule, compose_config, compose_train_config, train
 
 FAST = ["n_points=12", "batch_size=6", "attack=fast", "mip=false", "wandb.enabled=false", "progress=false"]
+VAL_FRACTION = 0.1
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    """One epoch on 512 mnist5k points, with a validation split (the split=val test needs it)."""
     out = tmp_path_factory.mktemp("train")
     cfg = compose_train_config(["logger=none", "datamodule.limit_train=512", "trainer.max_epochs=1",
+                                f"dataset.val_fraction={VAL_FRACTION}", "+trainer.limit_val_batches=1",
                                 "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"], out)
     return train(cfg)["checkpoint"]
 
@@ -28,7 +31,21 @@ def certify(checkpoint, out_dir, *overrides):
                                                         *overrides]))
 
 
-def test_summary_and_points_are_written(checkpoint, tmp_path):
+@pytest.fixture
+def certified_points(monkeypatch):
+    """The (index, input) pairs the cascade is run on, in order: a spy on ``certify_batch``."""
+    seen = []
+
+    def spy(net, indices, x, *args):
+        seen.extend(zip(indices, x))
+        return certify_batch(net, indices, x, *args)
+
+    certify_batch = runner.certify_batch
+    monkeypatch.setattr(runner, "certify_batch", spy)
+    return seen
+
+
+def test_summary_and_points_are_written(checkpoint, tmp_path, capfd):
     summary = certify(checkpoint, tmp_path, "mip=true", "mip_time_limit=1")
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["n_points"] == 12 and 0 <= saved["test_error"] <= 1
@@ -39,18 +56,49 @@ def test_summary_and_points_are_written(checkpoint, tmp_path):
     assert len(records) == 36 and {r.status for r in records} <= {"certified", "attacked", "undecided"}
     assert (tmp_path / "robustness_curves.png").stat().st_size > 1000
     assert (tmp_path / "universal_curve.png").stat().st_size > 1000
+    console = capfd.readouterr()
+    assert "HiGHS" not in console.out + console.err  # no solver banner among the results
 
 
-def test_killed_run_resumes_without_losing_or_duplicating(checkpoint, tmp_path):
+def test_killed_run_resumes_its_complete_points_byte_for_byte(checkpoint, tmp_path, certified_points):
     certify(checkpoint, tmp_path, "n_points=6")
-    lines = (tmp_path / "points.jsonl").read_text().splitlines()
-    # Simulate a kill in the middle of writing the second batch.
-    (tmp_path / "points.jsonl").write_text("\n".join(lines[:-2]) + "\n" + lines[-2][:25])
+    lines = (tmp_path / "points.jsonl").read_text().splitlines(keepends=True)
+    # One batch of 6 points, written norm by norm: l1 of points 0-5, then l2, then linf.
+    assert [json.loads(line)["index"] for line in lines] == list(range(6)) * 3
+    # A kill while writing the linf lines: point 4's torn, point 5's missing.
+    (tmp_path / "points.jsonl").write_text("".join(lines[:16]) + lines[16][:25])
+    certified_points.clear()
     certify(checkpoint, tmp_path)
-    records = load_records(tmp_path / "points.jsonl")
-    keys = [(r.index, r.norm) for r in records]
-    assert len(keys) == len(set(keys)) == 36
-    assert {i for i, _ in keys} == set(range(12))
+    # points 0-3 are kept as they were, not recomputed; the half-written points 4 and 5 are redone
+    assert [i for i, _ in certified_points] == list(range(4, 12))
+    kept = [line for line in lines if json.loads(line)["index"] < 4]
+    resumed = (tmp_path / "points.jsonl").read_text().splitlines(keepends=True)
+    assert set(kept) <= set(resumed)
+    keys = [(r.index, r.norm) for r in load_records(tmp_path / "points.jsonl")]
+    assert len(keys) == len(set(keys)) == 36 and {i for i, _ in keys} == set(range(12))
+
+
+def test_validation_split_is_certified_on_the_held_out_training_points(checkpoint, tmp_path, certified_points):
+    """split=val certifies the points training held out (same fraction and seed), not test points."""
+    summary = certify(checkpoint, tmp_path / "val", "split=val", "attack=none")
+    assert summary["split"] == "val"
+    # The held-out points as the training run drew them (its datamodule config, seed 0).
+    data = build_datamodule(compose_train_config([f"dataset.val_fraction={VAL_FRACTION}"], tmp_path))
+    data.setup("fit")
+    assert len(data.val_set) == 400
+    labels = {r.index: r.label for r in load_records(tmp_path / "val" / "points.jsonl")}
+    assert [i for i, _ in certified_points] == list(range(12)) and set(labels) == set(range(12))
+    for index, x in certified_points:
+        held_out, label = data.val_set[index]
+        assert torch.equal(x, held_out) and labels[index] == label
+    # Test points give other inputs, and so other records.
+    certified_points.clear()
+    certify(checkpoint, tmp_path / "test", "attack=none")
+    test_inputs = torch.stack([x for _, x in certified_points])
+    val_inputs = torch.stack([data.val_set[i][0] for i in range(12)])
+    assert not any(torch.equal(a, b) for a in test_inputs for b in val_inputs)
+    test_labels = {r.index: r.label for r in load_records(tmp_path / "test" / "points.jsonl")}
+    assert test_labels != labels
 
 
 def test_shards_merge_into_the_single_run_row(checkpoint, tmp_path):
@@ -79,12 +127,11 @@ def test_changed_eps_does_not_mix_with_old_records(checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["ckpt=/nonexistent.ckpt"], "does not exist"),
-    ([], "give the checkpoint"),
+    (["ckpt=/nonexistent.ckpt"], "error: checkpoint /nonexistent.ckpt does not exist"),
+    ([], "error: give the checkpoint to certify"),
 ])
-def test_bad_input_is_one_sentence(args, expected, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "certify.py"), *args, f"hydra.run.dir={tmp_path}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and expected in last and "Traceback" not in proc.stderr
+def test_bad_input_is_one_sentence(args, expected):
+    # certify.py's main is run_certification inside user_errors (tests/test_validation.py runs the script)
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        run_certification(compose_config("certify", args))
+    assert exit_info.value.code.startswith(expected) and "\n" not in exit_info.value.code
