@@ -127,7 +127,8 @@ def test_certify_after_training_writes_the_runs_summary_and_objective(tmp_path, 
     prefix = f"certify_{split}"
     assert any(saved[norm]["lb"] != saved[norm]["ub"] for norm in ("l1", "l2", "linf"))  # lb, ub tell apart
     for norm in ("l1", "l2", "linf"):
-        assert (metrics[f"{prefix}/{norm}_lb"], metrics[f"{prefix}/{norm}_ub"]) == (saved[norm]["lb"], saved[norm]["ub"])
+        for bound in ("lb", "ub"):
+            assert metrics[f"{prefix}/{norm}_{bound}"] == saved[norm][bound], (norm, bound)
     assert metrics[f"{prefix}/worst_case_ub"] == saved["worst_case_ub"]
     # what train.py returns to the sweeper: the metric named by optimized_metric
     assert saved["worst_case_ub"] != metrics["test/error"]  # (so that the next line tells them apart)
