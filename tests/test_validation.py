@@ -209,11 +209,14 @@ CHEAP = ["n_points=4", "attack=none", "mip=false", "bounds=[]", "wandb.enabled=f
 def test_bad_certify_option_stops_before_resuming(certified, overrides, message, capsys):
     """The output directory already holds every record: the options must be checked before resuming."""
     ckpt, out = certified
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    def files():  # contents and modification times: even a rewrite with the same bytes shows
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+
+    before = files()
     got = user_error_of(run_certification, compose_config("certify", [f"ckpt={ckpt}", f"out_dir={out}", *CHEAP,
                                                                        *overrides]))
     assert message in got
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert files() == before
     assert "resumed" not in capsys.readouterr().out
 
 
