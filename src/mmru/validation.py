@@ -106,13 +106,6 @@ _UNIVERSAL = {
 _IBP = {"eps": RADII_BY_NORM, "warmup_epochs": NON_NEGATIVE, "ramp_epochs": NON_NEGATIVE, "kappa_start": UNIT,
         "kappa_end": UNIT}
 
-_UNIVERSAL = {
-    "lambda_1": NON_NEGATIVE, "lambda_inf": NON_NEGATIVE, "gamma_1": POSITIVE, "gamma_inf": POSITIVE,
-    **_SCHEDULE, "weighting": one_of("per_norm", "per_term"), **_GEOMETRY,
-}
-_IBP_UNION = {"eps": RADII_BY_NORM, "warmup_epochs": NON_NEGATIVE, "ramp_epochs": NON_NEGATIVE,
-              "kappa_start": UNIT, "kappa_end": UNIT}
-
 #: the options of every training scheme, by the ``_target_`` its config names
 REGULARIZER_OPTIONS: dict[str, dict[str, Check]] = {
     "mmru.regularizers.base.Regularizer": {},
@@ -125,10 +118,6 @@ REGULARIZER_OPTIONS: dict[str, dict[str, Check]] = {
     "mmru.regularizers.bound_training.BoundTraining": {
         "p": NORM_INDEX, "eps": POSITIVE, "eps_warmup_epochs": NON_NEGATIVE_INT, "method": one_of(*BOUND_METHODS),
     },
-    # IBP / CROWN-IBP for the union of balls (H8): the eps, kappa (and beta) ramps
-    "mmru.regularizers.ibp_union.IBPUnion": _IBP_UNION,
-    "mmru.regularizers.ibp_union.CROWNIBPUnion": {**_IBP_UNION, "beta_start": UNIT, "beta_end": UNIT},
-    "mmru.regularizers.universal_ibp.UniversalIBP": {**_UNIVERSAL, **_IBP_UNION},
     # MMR needs clean points, so not the whole batch may be adversarial
     "mmru.regularizers.mmr_at.MMRAdversarialTraining": {"p": NORM_INDEX, **_MMR, **_PGD, "adv_fraction": BELOW_ONE},
     "mmru.regularizers.ibp_union.IBPUnion": _IBP,
