@@ -230,7 +230,7 @@ def test_certificate_zero_cases_and_types():
         union_bound(1.0, 1.0, 2, 1)
 
 
-def _hull_exact(eps1: float, eps_inf: float, p: float, d: int) -> mpmath.mpf:
+def _hull_50_digits(eps1: float, eps_inf: float, p: float, d: int) -> mpmath.mpf:
     """Eq (7) in 50-digit arithmetic, for eps1 / eps_inf in [1, d]."""
     with mpmath.workdps(50):
         e1, ei = mpmath.mpf(eps1), mpmath.mpf(eps_inf)
@@ -253,7 +253,7 @@ def test_theorem41_certificates_are_rounded_down(d):
         cert = universal_certificate(torch.tensor(rho_1), torch.tensor(rho_inf), p, d).tolist()
         plain = hull_bound(torch.tensor(rho_1), torch.tensor(rho_inf), p, d).tolist()
         for i in range(len(rho_1)):
-            exact = _hull_exact(rho_1[i], rho_inf[i], p, d)
+            exact = _hull_50_digits(rho_1[i], rho_inf[i], p, d)
             assert mpmath.mpf(cert[i]) <= exact, (p, i)
             assert mpmath.mpf(cert[i]) >= exact * (1 - 1e-13), (p, i)  # and by no more than rounding
             above += mpmath.mpf(plain[i]) > exact
