@@ -140,7 +140,7 @@ def test_bound_margins_beat_their_rounding_error_before_they_certify():
     1e-16 > 0 on some seeds, so certifying on '> 0' is wrong there."""
     x, y = torch.full((1, 6), 0.5, dtype=torch.float64), torch.tensor([0])
     positive = 0
-    for seed in range(100):
+    for seed in range(250):  # ~3% of the seeds give the +4e-16 bounds; 250 keeps several on any machine
         net, corner = _linear_net(seed)
         if not bool(check_adversarial(net, x, corner, y, 1.0, INF)[0]) or net(x).argmax(1).item() != 0:
             continue
