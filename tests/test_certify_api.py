@@ -10,9 +10,11 @@ from test_convert import Standardize, _bn, _export, conv_model
 from torch import nn
 
 import mmru
-from mmru.certification.records import ATTACKED, CERTIFIED
+from mmru.certification.records import ATTACKED, CERTIFIED, load_records
+from mmru.certification.runner import run_certification
 from mmru.convert import from_onnx, from_torch
-from mmru.errors import ConfigError
+from mmru.errors import ConfigError, UserError
+from mmru.models import mlp
 
 SHAPE = (2, 8, 8)
 EPS = {"l1": 0.4, "l2": 0.15, "linf": 0.03}
@@ -125,3 +127,61 @@ def test_import_mmru_stays_light():
             "assert 'mmru.certification.cascade' in sys.modules; "
             "assert not {'lightning', 'pytorch_lightning', 'hydra'} & set(sys.modules), 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def mnist_mlp():
+    """The architecture of a model 'trained elsewhere' (arch=test_certify_api:mnist_mlp)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+CLI = ["n_points=8", "batch_size=8", "attack=none", "mip=true", "mip_time_limit=60", "wandb.enabled=false",
+       "progress=false"]
+
+
+def _cli(*overrides):
+    from mmru.training import compose_config  # Hydra config composition, as certify.py does it
+
+    return run_certification(compose_config("certify", [*CLI, *overrides]))
+
+
+def test_cli_certifies_state_dicts_and_onnx_files_like_native_checkpoints(tmp_path, one_thread):
+    """The same weights as train.py's checkpoint, as a state dict and as ONNX: identical records."""
+    torch.manual_seed(6)
+    native = mlp((1, 28, 28), 10, (16,))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    eps = {"l1": 1.0, "l2": 0.3, "linf": 0.1}  # mnist5k's, which model= takes from dataset=mnist5k
+    torch.save({"hyper_parameters": {  # what certify.py reads of a train.py checkpoint
+        "net_config": {"_target_": "mmru.models.mlp", "input_shape": [1, 28, 28], "num_classes": 10, "widths": [16]},
+        "run_config": {"dataset": "mnist5k", "eps": eps, "seed": 0}},
+        "state_dict": {f"net.{k}": v for k, v in native.state_dict().items()}}, ckpt)
+    elsewhere = mnist_mlp()
+    elsewhere.load_state_dict({k.replace("layers.0", "1").replace("layers.1", "3"): v
+                               for k, v in native.state_dict().items()})
+    torch.save(elsewhere.state_dict(), tmp_path / "state.pt")
+    _export(elsewhere, (1, 28, 28), tmp_path / "exported.onnx")
+
+    _cli(f"ckpt={ckpt}")
+    _cli(f"model_file={tmp_path / 'exported.onnx'}", "dataset=mnist5k")
+    _cli(f"model_file={tmp_path / 'state.pt'}", "arch=test_certify_api:mnist_mlp", "dataset=mnist5k")
+    # output directories: the training run's, and one beside each model file named after it
+    outputs = [tmp_path / "run" / "certify", tmp_path / "exported-certify", tmp_path / "state-certify"]
+    runs = [_without_seconds(load_records(out / "points.jsonl")) for out in outputs]
+    assert len(runs[0]) == 8 * 3 and runs[1] == runs[0] and runs[2] == runs[0]
+    assert {r["status"] for r in runs[0]} >= {CERTIFIED}
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["dataset=mnist5k"], "give the checkpoint"),
+    (["model_file={dir}/mlp.pt", "arch=test_certify_api:mnist_mlp"], "needs dataset="),
+    (["model_file={dir}/mlp.pt", "dataset=mnist5k"], "arch="),
+    (["model_file={dir}/mlp.pt", "dataset=mnist5k", "ckpt={dir}/x.ckpt"], "not both"),
+    (["model_file={dir}/small.onnx", "dataset=mnist5k"], "shape"),
+])
+def test_cli_refuses_a_model_without_a_fitting_dataset(overrides, words, tmp_path):
+    torch.save(mnist_mlp().state_dict(), tmp_path / "mlp.pt")
+    _export(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval(), (1, 8, 8), tmp_path / "small.onnx")
+    with pytest.raises(UserError) as err:
+        _cli(*(o.format(dir=tmp_path) for o in overrides), f"out_dir={tmp_path / 'out'}")
+    assert words in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()

@@ -32,10 +32,12 @@ def shard_indices(n_points: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, n_points, num_shards))
 
 
-def default_out_dir(ckpt: str, split: str, shard: int, num_shards: int) -> Path:
-    """<training run dir>/certify[-val], a subfolder per shard: reruns find their earlier records."""
-    run_dir = Path(ckpt).resolve().parent.parent
-    out = run_dir / ("certify" if split == "test" else f"certify-{split}")
+def default_out_dir(ckpt: str, split: str, shard: int, num_shards: int, external: bool = False) -> Path:
+    """<training run dir>/certify[-val], or for a model file from elsewhere (``external``)
+    <its dir>/<its name>-certify[-val]; a subfolder per shard: reruns find their earlier records."""
+    path = Path(ckpt).resolve()
+    name = "certify" if split == "test" else f"certify-{split}"
+    out = path.parent / f"{path.stem}-{name}" if external else path.parent.parent / name
     return out / f"shard{shard}of{num_shards}" if num_shards > 1 else out
 
 
@@ -50,14 +52,16 @@ def test_error(net: ReLUNet, dataset, batch_size: int = 500) -> float:
 
 def run_certification(cfg: DictConfig) -> dict:
     """Certify the first ``cfg.n_points`` points of ``cfg.split``; every option is checked first."""
-    if cfg.ckpt is None:
-        raise UserError("give the checkpoint to certify: python certify.py ckpt=<path to .ckpt>")
+    if cfg.ckpt is None and cfg.get("model_file") is None:
+        raise UserError("give the checkpoint to certify: python certify.py ckpt=<path to .ckpt>, or a model from "
+                        "elsewhere: model_file=<file.onnx, or file.pt with arch=package.module:builder> dataset=<name>")
     validate_certify_config(cfg)
-    net, run = load_checkpoint(cfg.ckpt)
+    net, run = _load_net(cfg)
     norms = list(cfg.norms)
     eps = {name: float(cfg.eps[name] if cfg.eps.get(name) is not None else run["eps"][name]) for name in norms}
     points = _dataset(cfg, run, net)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg.ckpt, cfg.split, cfg.shard, cfg.num_shards)
+    out_dir = (Path(cfg.out_dir) if cfg.out_dir else
+               default_out_dir(cfg.ckpt or cfg.model_file, cfg.split, cfg.shard, cfg.num_shards, external=cfg.ckpt is None))
     out_dir.mkdir(parents=True, exist_ok=True)
     indices = shard_indices(min(cfg.n_points, len(points)), cfg.shard, cfg.num_shards)
     options = CascadeOptions(tuple(cfg.bounds), cfg.attack, cfg.mip, cfg.mip_time_limit)
@@ -84,7 +88,7 @@ def run_certification(cfg: DictConfig) -> dict:
     summary = summarize(records, eps, te)
     summary.update(
         split=cfg.split, shard=cfg.shard, num_shards=cfg.num_shards, indices=[indices[0], indices[-1]] if indices else [],
-        run={**run, "checkpoint": str(Path(cfg.ckpt).resolve())}, timings_seconds=dict(timings),
+        run={**run, "checkpoint": str(Path(cfg.ckpt or cfg.model_file).resolve())}, timings_seconds=dict(timings),
         input_dim=net.input_dim,
         universal_curve=universal_curve(records, net.input_dim),
         curves=robustness_curves(records, eps),
@@ -92,6 +96,22 @@ def run_certification(cfg: DictConfig) -> dict:
     write_outputs(summary, out_dir, cfg)
     print_row(summary)
     return summary
+
+
+def _load_net(cfg: DictConfig) -> tuple[ReLUNet, dict]:
+    """A train.py checkpoint (ckpt=) and its run facts, or a model file from elsewhere (model_file=: ONNX,
+    or a state dict with arch=), whose dataset and default eps come from dataset=."""
+    if cfg.get("model_file") is None:
+        return load_checkpoint(cfg.ckpt)
+    if cfg.ckpt is not None:
+        raise UserError("give either ckpt= (a train.py checkpoint) or model_file= (a model file from elsewhere), not both")
+    if not cfg.get("dataset"):
+        raise UserError("model_file= needs dataset=<name>: there is no training run to read the test points, input shape "
+                        "and default eps from")
+    from mmru.convert import load_model  # torch.fx and onnx, only for models from elsewhere
+
+    net = load_model(cfg.model_file, cfg.get("arch"), tuple(cfg.dataset.input_shape))
+    return net.eval(), {"dataset": cfg.dataset.name, "eps": dict(cfg.dataset.eps), "regularizer": Path(cfg.model_file).name}
 
 
 def _dataset(cfg: DictConfig, run: dict, net: ReLUNet):
