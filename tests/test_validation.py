@@ -122,7 +122,8 @@ NAN, INF = math.nan, math.inf
     ("none", {"certify_after_training": True, "certify_overrides": ["attack=nosuch"]},
      "certify_overrides: attack must be one of none, fast, strong, got 'nosuch'."),
     ("none", {"certify_after_training": True, "certify_overrides": ["split=val"]}, "needs dataset.val_fraction > 0"),
-    ("none", {"certify_after_training": True, "certify_overrides": ["nosuch=1"]}, "certify_overrides cannot be applied"),
+    ("none", {"certify_after_training": True, "certify_overrides": ["nosuch=1"]},
+     "certify_overrides cannot be applied"),
 ])
 def test_bad_training_option_stops_before_any_work(base_config, scheme, values, message, tmp_path):
     cfg = train_config(base_config, tmp_path, scheme, **values)
@@ -158,9 +159,8 @@ class PoisonedLoss(Regularizer):
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    cfg = compose_train_config([*QUIET, "model=mlp", "model.widths=[16]", "datamodule.limit_train=64",
-                                "batch_size=16", "trainer.max_epochs=3", f"regularizer._target_={__name__}.PoisonedLoss"],
-                               tmp_path)
+    cfg = compose_train_config([*QUIET, "model=mlp", "model.widths=[16]", "datamodule.limit_train=64", "batch_size=16",
+                                "trainer.max_epochs=3", f"regularizer._target_={__name__}.PoisonedLoss"], tmp_path)
     message = user_error_of(train, cfg)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert message == ("error: training diverged: the loss became nan at epoch 1, step 2 of the epoch (global step 6); "

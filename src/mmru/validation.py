@@ -198,7 +198,8 @@ def validate_regularizer(options: Mapping[str, Any]) -> None:
     for key in options:
         if key != "_target_" and key not in table:
             known = ", ".join(table) or "none"
-            raise ConfigError(f"regularizer.{key} is not an option of {target.rsplit('.', 1)[-1]} (its options: {known}).")
+            scheme = target.rsplit(".", 1)[-1]
+            raise ConfigError(f"regularizer.{key} is not an option of {scheme} (its options: {known}).")
     check_options(options, table, prefix="regularizer.")
 
 
