@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -107,8 +108,7 @@ def _correctness_violations(run, audited, position) -> list[dict]:
     """A record's ``correct`` flag must be what the (float64) net says: else the checkpoint or
     the data differ from those the run certified."""
     with torch.no_grad():
-        correct = run.net.double()(run.x.double()).argmax(1) == run.y
-    run.net.float()
+        correct = copy.deepcopy(run.net).double()(run.x.double()).argmax(1) == run.y
     return [violation("correct_flag_mismatch", r.index, r.norm, f"recorded correct={r.correct}, the net says "
                       f"{bool(correct[position[r.index]])}") for r in audited if r.correct != bool(correct[position[r.index]])]
 
