@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
@@ -40,6 +41,19 @@ class RobustClassifier(L.LightningModule):
         self.accuracy = torch.nn.ModuleDict(
             {f"{split}_acc": MulticlassAccuracy(num_classes=k, average="micro") for split in ("train", "val", "test")}
         )
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+        self._train_seconds_before = getattr(self, "_train_seconds_before", 0.0)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Wall seconds of training so far, over every resumed segment (for report recipes)."""
+        started = getattr(self, "_fit_started", None)
+        spent = 0.0 if started is None else time.perf_counter() - started
+        checkpoint["train_seconds"] = getattr(self, "_train_seconds_before", 0.0) + spent
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._train_seconds_before = float(checkpoint.get("train_seconds", 0.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

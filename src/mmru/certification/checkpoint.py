@@ -37,4 +37,7 @@ def load_checkpoint(path: str | Path) -> tuple[ReLUNet, dict]:
         net.load_state_dict(state)
     except RuntimeError as err:
         raise UserError(f"checkpoint {path} does not match its own architecture ({str(err).splitlines()[0]})") from None
-    return net.eval(), dict(hparams.get("run_config") or {})
+    run = dict(hparams.get("run_config") or {})
+    # Lightning stores the index of the epoch the checkpoint closed; train_seconds: RobustClassifier
+    run.update(epochs=int(ckpt["epoch"]) + 1 if "epoch" in ckpt else None, train_seconds=ckpt.get("train_seconds"))
+    return net.eval(), run

@@ -30,7 +30,8 @@ def table1_row(summary: dict) -> dict[str, float]:
 
 def print_row(summary: dict, console: Console | None = None) -> None:
     """A console table laid out like the paper's Table 1, plus the Theorem 4.1 medians."""
-    console = console or Console()
+    # wide enough for every cell: a pipe or a narrow terminal (80 columns) would cut them to '…'
+    console = console or Console(width=max(Console().width, 160))
     run = summary.get("run", {})
     norms = [n for n in NORM_LABELS if n in summary]
     split = summary.get('split', 'test')

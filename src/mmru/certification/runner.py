@@ -24,6 +24,7 @@ from mmru.certification.records import (
 from mmru.data import RobustDataModule
 from mmru.errors import UserError
 from mmru.models import ReLUNet
+from mmru.provenance import commit, hardware
 from mmru.validation import validate_certify_config
 
 
@@ -92,6 +93,7 @@ def run_certification(cfg: DictConfig) -> dict:
         input_dim=net.input_dim,
         universal_curve=universal_curve(records, net.input_dim),
         curves=robustness_curves(records, eps),
+        recipe=_recipe(run, options, records, timings["test_error"]),
     )
     write_outputs(summary, out_dir, cfg)
     print_row(summary)
@@ -112,6 +114,18 @@ def _load_net(cfg: DictConfig) -> tuple[ReLUNet, dict]:
 
     net = load_model(cfg.model_file, cfg.get("arch"), tuple(cfg.dataset.input_shape))
     return net.eval(), {"dataset": cfg.dataset.name, "eps": dict(cfg.dataset.eps), "regularizer": Path(cfg.model_file).name}
+
+
+def _recipe(run: dict, options: CascadeOptions, records: list, test_error_seconds: float) -> dict:
+    """How the model was trained and certified, for the Table-1 report's recipe column.
+
+    ``certify_seconds`` sums the per-point seconds of every record, so a resumed run counts
+    the time of its earlier segments too.
+    """
+    return {"epochs": run.get("epochs"), "train_seconds": run.get("train_seconds"), "bounds": list(options.bounds),
+            "attack": options.attack, "mip": options.mip, "mip_time_limit": options.mip_time_limit,
+            "certify_seconds": test_error_seconds + sum(r.seconds for r in records),
+            "hardware": hardware(), "commit": commit()}
 
 
 def _dataset(cfg: DictConfig, run: dict, net: ReLUNet):
