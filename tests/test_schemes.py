@@ -164,8 +164,8 @@ def test_every_scheme_trains_through_train_py_config(tmp_path, scheme):
     overrides = ["logger=none", f"regularizer={scheme}", "datamodule.limit_train=256", "datamodule.limit_test=128",
                  "batch_size=64", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
                  "trainer.enable_model_summary=false"]
-    if scheme.startswith("kw_"):
-        # KW bounds of cnn_small cost ~3 s per batch of 128 on 2 cores: a small MLP here
+    if scheme.startswith("kw_") or "ibp" in scheme:
+        # bound propagation through cnn_small costs seconds per batch on 2 cores: a small MLP here
         overrides += ["model=mlp", "model.widths=[32]"]
     metrics = train(compose_train_config(overrides, tmp_path))
     # the checkpoint holds this scheme's net, and the logged test error is that net's error
