@@ -61,14 +61,14 @@ def test_summary_and_points_are_written(checkpoint, tmp_path, capfd):
 
 
 def test_killed_run_resumes_its_complete_points_byte_for_byte(checkpoint, tmp_path, certified_points):
-    certify(checkpoint, tmp_path, "n_points=6")
+    certify(checkpoint, tmp_path, "n_points=6", "attack=none")  # no attack needed to test resuming
     lines = (tmp_path / "points.jsonl").read_text().splitlines(keepends=True)
     # One batch of 6 points, written norm by norm: l1 of points 0-5, then l2, then linf.
     assert [json.loads(line)["index"] for line in lines] == list(range(6)) * 3
     # A kill while writing the linf lines: point 4's torn, point 5's missing.
     (tmp_path / "points.jsonl").write_text("".join(lines[:16]) + lines[16][:25])
     certified_points.clear()
-    certify(checkpoint, tmp_path)
+    certify(checkpoint, tmp_path, "attack=none")
     # points 0-3 are kept as they were, not recomputed; the half-written points 4 and 5 are redone
     assert [i for i, _ in certified_points] == list(range(4, 12))
     kept = [line for line in lines if json.loads(line)["index"] < 4]
