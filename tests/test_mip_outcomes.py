@@ -23,7 +23,7 @@ from mmru.certification.records import ATTACKED, CERTIFIED, UNDECIDED
 from mmru.models import ReLUNet, mlp
 from mmru.verify import MIPResult, mip_min_distance, mip_verify
 from mmru.verify import milp
-from tiny_nets import through_the_box
+from tiny_nets import through_the_box, tied_linear_net
 
 INF = math.inf
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,21 +107,6 @@ def test_near_ties_do_not_stop_the_search():
         assert _is_counterexample(net, x, res.counterexample, 0, 0.2, p)
 
 
-def _linear_net(seed: int, d: int = 6) -> tuple[ReLUNet, torch.Tensor]:
-    """A float64 linear 2-class net whose logits are equal, up to < 1e-15, at the box corner
-    that minimises f_0 - f_1 (the case of issue 8 item 2); returns it and that corner."""
-    gen = torch.Generator().manual_seed(seed)
-    net = ReLUNet([nn.Linear(d, 2)], (d,)).double()
-    layer = net.layers[0]
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(2, d, generator=gen, dtype=torch.float64))
-        corner = ((layer.weight[0] - layer.weight[1]) < 0).double()
-        at_corner = layer.weight @ corner
-        tie_break = float(torch.rand(1, generator=gen, dtype=torch.float64)) * 1e-15
-        layer.bias.copy_(torch.stack([-at_corner[0], -at_corner[1] + tie_break]))
-    return net, corner
-
-
 def test_rounding_level_margin_bounds_do_not_skip_a_target():
     """The l_inf ball of radius 0.6 around the box centre covers the box; its minimising
     corner is misclassified in float64 while CROWN's margin bound is a rounding-level
@@ -130,7 +115,7 @@ def test_rounding_level_margin_bounds_do_not_skip_a_target():
     x = torch.full((6,), 0.5, dtype=torch.float64)
     cases = 0
     for seed in range(40):
-        net, corner = _linear_net(seed)
+        net, corner = tied_linear_net(seed)
         with torch.no_grad():
             if net(x[None]).argmax(1).item() != 0 or not _is_counterexample(net, x, corner, 0, 1.0, INF):
                 continue

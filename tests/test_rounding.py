@@ -20,6 +20,7 @@ from mmru.certification.region import _project_past_hyperplane, region_radii
 from mmru.models import ReLUNet
 from mmru.regions import region_distances
 from mmru.verify import certify, margin_lower_bounds
+from tiny_nets import tied_linear_net
 
 INF = math.inf
 NORMS = {1.0: "l1", 2.0: "l2", INF: "linf"}
@@ -119,21 +120,6 @@ def test_cascade_does_not_certify_between_the_radius_and_its_float32_round_up(p)
     assert checked > 0
 
 
-def _linear_net(seed: int, d: int = 6) -> tuple[ReLUNet, torch.Tensor]:
-    """A float64 linear 2-class net whose two logits are (nearly) equal at the box corner that
-    minimises the margin; returns the net and that corner."""
-    gen = torch.Generator().manual_seed(seed)
-    net = ReLUNet([nn.Linear(d, 2)], (d,)).double()
-    layer = net.layers[0]
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(2, d, generator=gen, dtype=torch.float64))
-        corner = ((layer.weight[0] - layer.weight[1]) < 0).double()
-        at_corner = layer.weight @ corner
-        tie_break = float(torch.rand(1, generator=gen, dtype=torch.float64)) * 1e-15
-        layer.bias.copy_(torch.stack([-at_corner[0], -at_corner[1] + tie_break]))
-    return net, corner.unsqueeze(0)
-
-
 def test_bound_margins_beat_their_rounding_error_before_they_certify():
     """Issue 8 item 2: the ball (l_inf, radius 0.6 around the box centre) covers the box, whose
     corner is misclassified in float64; IBP, KW and CROWN all return margin bounds of a few
@@ -141,7 +127,8 @@ def test_bound_margins_beat_their_rounding_error_before_they_certify():
     x, y = torch.full((1, 6), 0.5, dtype=torch.float64), torch.tensor([0])
     positive = 0
     for seed in range(250):  # ~3% of the seeds give the +4e-16 bounds; 250 keeps several on any machine
-        net, corner = _linear_net(seed)
+        net, corner = tied_linear_net(seed)
+        corner = corner.unsqueeze(0)
         if not bool(check_adversarial(net, x, corner, y, 1.0, INF)[0]) or net(x).argmax(1).item() != 0:
             continue
         for method in ("ibp", "kw", "crown"):

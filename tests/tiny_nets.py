@@ -23,3 +23,19 @@ def through_the_box(net: ReLUNet, seed: int) -> ReLUNet:
                 layer.bias.sub_(layer(h).transpose(0, 1).flatten(1).median(dim=1).values)
             h = torch.relu(layer(h))
     return net
+
+
+def tied_linear_net(seed: int, d: int = 6) -> tuple[ReLUNet, torch.Tensor]:
+    """A float64 linear 2-class net whose two logits are equal, up to < 1e-15, at the box corner
+    that minimises f_0 - f_1 (issue 8 item 2: bounds of +4e-16 there must not certify);
+    returns the net and that corner [d]."""
+    gen = torch.Generator().manual_seed(seed)
+    net = ReLUNet([nn.Linear(d, 2)], (d,)).double()
+    layer = net.layers[0]
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(2, d, generator=gen, dtype=torch.float64))
+        corner = ((layer.weight[0] - layer.weight[1]) < 0).double()
+        at_corner = layer.weight @ corner
+        tie_break = float(torch.rand(1, generator=gen, dtype=torch.float64)) * 1e-15
+        layer.bias.copy_(torch.stack([-at_corner[0], -at_corner[1] + tie_break]))
+    return net, corner
