@@ -3,6 +3,8 @@
     python certify.py ckpt=logs/train/runs/<time>/checkpoints/last.ckpt
     python certify.py ckpt=... n_points=100 attack=fast mip=false eps.linf=0.05
     python certify.py -m ckpt=... shard=0,1,2,3 num_shards=4
+    python certify.py ckpt=... dataset=fmnist              # another dataset of the same input shape
+    python certify.py model_file=net.onnx dataset=mnist   # a model trained elsewhere
 """
 
 import hydra
