@@ -18,7 +18,7 @@ import torch
 
 from mmru.certification.checkpoint import load_checkpoint
 from mmru.certification.records import PointRecord, load_records
-from mmru.cli import UserError
+from mmru.errors import UserError
 from mmru.data import RobustDataModule
 from mmru.models import ReLUNet
 

@@ -18,7 +18,7 @@ from mmru.audit.exact import EXACT_NORMS, MAX_UNITS, TIME_LIMIT, exact_check
 from mmru.audit.loading import load_certify_run
 from mmru.certification.cascade import NORMS
 from mmru.certification.records import CERTIFIED
-from mmru.cli import UserError
+from mmru.errors import UserError
 
 
 @dataclass
