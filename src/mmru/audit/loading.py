@@ -18,8 +18,8 @@ import torch
 
 from mmru.certification.checkpoint import load_checkpoint
 from mmru.certification.records import PointRecord, load_records
-from mmru.errors import UserError
 from mmru.data import RobustDataModule
+from mmru.errors import UserError
 from mmru.models import ReLUNet
 
 NORM_NAMES = ("l1", "l2", "linf")
