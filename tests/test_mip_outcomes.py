@@ -252,7 +252,7 @@ def test_the_cascade_records_each_mip_outcome(monkeypatch):
             calls.append(i)
             return outcome(i)
 
-        monkeypatch.setattr("mmru.certification.cascade.mip_verify", fake)
+        monkeypatch.setattr("mmru.certification.mip_pool.mip_verify", fake)
         records = certify_batch(net, list(range(len(x))), x, y, {"linf": eps}, options, defaultdict(float))
         assert calls, name
         for r in (records[i] for i in calls):

@@ -203,6 +203,10 @@ CHEAP = ["n_points=4", "attack=none", "mip=false", "bounds=[]", "wandb.enabled=f
     (["split=train"], "split must be one of test, val"),
     (["shard=2", "num_shards=2"], "shard must lie in [0, num_shards)"),
     (["mip=maybe"], "mip must be true or false"),
+    (["mip_workers=0"], "mip_workers must be an integer >= 1"),
+    (["device=gpu"], "device must be cpu, cuda, cuda:<index> or auto, got 'gpu'."),
+    *([] if torch.cuda.is_available() else
+      [(["device=cuda"], "device=cuda asks for a GPU, but torch sees no CUDA device here")]),
     (["dataset=cifar10"], "dataset=cifar10 has inputs of shape [3, 32, 32] in 10 classes, but the checkpoint's net "
                           "takes [1, 28, 28] in 10: the shapes do not match"),
 ])

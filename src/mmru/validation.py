@@ -52,6 +52,10 @@ def _norm_index(v: Any) -> float:
         return math.nan
 
 
+def _cuda_index(v: str) -> bool:
+    return v.startswith("cuda:") and v[5:].isdigit()
+
+
 def optional(check: Check) -> Check:
     return Check(f"{check.what} or null", lambda v: v is None or check.accepts(v))
 
@@ -160,6 +164,10 @@ CERTIFY_OPTIONS: dict[str, Check] = {
     "attack": one_of(*ATTACK_STRENGTHS),
     "mip": BOOL,
     "mip_time_limit": POSITIVE,
+    "radii": BOOL,
+    "device": Check("cpu, cuda, cuda:<index> or auto",
+                    lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "auto") or _cuda_index(v))),
+    "mip_workers": POSITIVE_INT,
     "progress": BOOL,
     "wandb.enabled": BOOL,
     "wandb.offline": BOOL,

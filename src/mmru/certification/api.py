@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mmru.certification.cascade import CascadeOptions, certify_batch
+from mmru.certification.mip_pool import MIPPool
 from mmru.certification.records import PointRecord, summarize
 from mmru.errors import ConfigError
 from mmru.models import ReLUNet
@@ -36,7 +37,7 @@ class Certification(NamedTuple):
 def certify(
     net: nn.Module | str | Path, x: torch.Tensor, y: torch.Tensor, eps: Mapping[str, float],
     bounds: Sequence[str] = ("kw", "crown"), attack: str = "strong", mip: bool = True,
-    mip_time_limit: float = 120.0, batch_size: int = 100,
+    mip_time_limit: float = 120.0, batch_size: int = 100, device: str = "cpu", mip_workers: int = 1,
 ) -> Certification:
     """Certify ``net`` (a ReLUNet, a PyTorch classifier or the path of an ONNX file) at the
     points ``x`` (inputs in [0, 1]) with labels ``y``.
@@ -45,10 +46,16 @@ def certify(
     normalisation inside a PyTorch model is folded into the net, never applied to eps).
     ``bounds``: bound-propagation methods in order (ibp, kw, crown); ``attack``: none, fast or
     strong; ``mip``: exact MIP for l1 and l∞ on what is still undecided, at most
-    ``mip_time_limit`` seconds per point. Record ``index`` i is the point ``x[i]``, taken in
-    float32 (the precision the attacks and the net run in).
+    ``mip_time_limit`` seconds per point. ``device``: where region, bounds and attacks run
+    (e.g. "cuda"); ``mip_workers``: processes solving the MIPs in parallel, on the CPU. Record
+    ``index`` i is the point ``x[i]``, taken in float32 (the precision the attacks and the net
+    run in).
     """
     eps = _check_options(eps, bounds, attack, mip, mip_time_limit, batch_size)
+    if isinstance(mip_workers, bool) or not isinstance(mip_workers, int) or mip_workers < 1:
+        raise ConfigError(f"mip_workers must be an integer >= 1, got {mip_workers!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} asks for a GPU, but torch sees no CUDA device here")
     x, y = _check_points(x, y)
     if isinstance(net, (str, Path)):
         from mmru.convert import load_model  # imported here: only conversions need torch.fx and onnx
@@ -66,12 +73,13 @@ def certify(
                           f"{list(x.shape[1:])}")
     if int(y.max()) >= net.num_classes:
         raise ConfigError(f"y holds label {int(y.max())}, but the net has only {net.num_classes} classes")
-    options = CascadeOptions(tuple(bounds), attack, mip, float(mip_time_limit))
+    options = CascadeOptions(tuple(bounds), attack, mip, float(mip_time_limit), str(device))
     timings: dict[str, float] = defaultdict(float)
     records: list[PointRecord] = []
-    for start in range(0, len(x), batch_size):
-        idx = list(range(start, min(start + batch_size, len(x))))
-        records += certify_batch(net, idx, x[idx], y[idx], eps, options, timings)
+    with MIPPool(mip_workers) as pool:
+        for start in range(0, len(x), batch_size):
+            idx = list(range(start, min(start + batch_size, len(x))))
+            records += certify_batch(net, idx, x[idx], y[idx], eps, options, timings, pool)
     with torch.no_grad():
         clean_error = float((net(x).argmax(1) != y).double().mean())
     summary = summarize(records, eps, clean_error)

@@ -7,6 +7,11 @@ For each norm, on one batch of test points:
   4. exact MIP (l_1, l_∞) on what is still undecided, with a per-point time limit.
 A point is *certified* when a method proves r_p(x) > eps, *attacked* when a counterexample of
 norm <= eps passed the float64 re-check (misclassified points: norm 0), else *undecided*.
+
+Stages 1-3 run on ``CascadeOptions.device`` (a GPU where there is one); the MIP always runs on
+the CPU, in ``mip_workers`` processes (:mod:`mmru.certification.mip_pool`). Every certified
+quantity is computed in float64 with rounding bounds that hold for any summation order, so a
+GPU's float64 arithmetic is covered as the CPU's is.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from dataclasses import dataclass
 import torch
 
 from mmru.attacks import adversarial_norm, attack, check_adversarial
+from mmru.certification.mip_pool import MIPJob, MIPPool
+from mmru.certification.radii import norm_radii
 from mmru.certification.records import ATTACKED, CERTIFIED, UNDECIDED, PointRecord, finite_or_none
-from mmru.certification.region import region_radii
+from mmru.certification.region import RegionResult, region_radii
 from mmru.models import ReLUNet
 from mmru.verify import certify as bound_certify
-from mmru.verify import mip_verify
 
 INF = math.inf
 NORMS = {"l1": 1.0, "l2": 2.0, "linf": INF}
@@ -36,6 +42,8 @@ class CascadeOptions:
     attack: str = "strong"  #: 'none', 'fast' (PGD) or 'strong' (PGD + APGD)
     mip: bool = True  #: exact MIP for l_1 and l_∞ on undecided points
     mip_time_limit: float = 120.0  #: seconds per point (the paper's setting)
+    device: str = "cpu"  #: where the region, bound and attack stages run ('cpu', 'cuda', 'cuda:1', ...)
+    radii: bool = True  #: then each method's largest certified radius per point (mmru.certification.radii)
 
 
 @dataclass
@@ -65,16 +73,25 @@ class _State:
 
 def certify_batch(
     net: ReLUNet, indices: list[int], x: torch.Tensor, y: torch.Tensor, eps: dict[str, float], options: CascadeOptions,
-    timings: dict[str, float],
+    timings: dict[str, float], mip_pool: MIPPool | None = None,
 ) -> list[PointRecord]:
-    """All records for one batch and every norm in ``eps``; adds seconds per stage to ``timings``."""
-    net64 = copy.deepcopy(net).double().eval()
+    """All records for one batch and every norm in ``eps``; adds seconds per stage to ``timings``.
+
+    ``x``, ``y`` on the CPU; the MIP solves go to ``mip_pool`` (in this process when None).
+    """
+    device = torch.device(options.device)
+    labels = y.tolist()
+    net = copy.deepcopy(net).eval().to(device)  # the caller's net stays where it is
+    net64 = copy.deepcopy(net).double()
+    mip_net = copy.deepcopy(net64).cpu()
+    x, y = x.to(device), y.to(device)
     n = len(indices)
     with torch.no_grad():
-        correct = net64(x.double()).argmax(1) == y
+        correct = (net64(x.double()).argmax(1) == y).cpu()
     start = time.perf_counter()
-    regions = region_radii(net64, x, y, [NORMS[name] for name in eps])
+    regions = {p: _on_cpu(r) for p, r in region_radii(net64, x, y, [NORMS[name] for name in eps]).items()}
     timings["region"] += time.perf_counter() - start
+    pool = mip_pool or MIPPool(1)
     records = []
     for name, radius_eps in eps.items():
         p = NORMS[name]
@@ -89,12 +106,16 @@ def certify_batch(
             return correct & ~st.proven & ~(st.adv_norm <= radius_eps)
 
         for method in options.bounds:
-            _stage(st, timings, method, undecided(), lambda idx, m=method: st.certify(
-                _full(idx, n, bound_certify(net64, x[idx].double(), y[idx], radius_eps, p, m)), radius_eps, m, True))
+            _stage(st, timings, method, undecided(), lambda idx, m=method: st.certify(_full(
+                idx, n, _bounds(net64, x, y, idx, radius_eps, p, m)), radius_eps, m, True))
         if options.attack != "none":
             _stage(st, timings, "attack", undecided(), lambda idx: _attack(net, x, y, idx, radius_eps, p, options, st))
-        if options.mip and p in (1.0, INF):
-            _stage(st, timings, "mip", undecided(), lambda idx: _mip(net64, x, y, idx, radius_eps, p, options, st))
+        if options.mip and p in (1.0, INF) and undecided().any():
+            start = time.perf_counter()
+            _mip(mip_net, pool, x.cpu(), labels, undecided().nonzero().flatten(), radius_eps, p, options, st)
+            timings["mip"] += time.perf_counter() - start
+        radii = (norm_radii(net64, mip_net, x, y, p, radius_eps, correct, regions[p].radius, st, options, timings)
+                 if options.radii else [None] * n)
         for i in range(n):
             if st.proven[i]:
                 status = CERTIFIED
@@ -103,16 +124,20 @@ def certify_batch(
             else:
                 status = UNDECIDED
             records.append(PointRecord(
-                index=indices[i], norm=name, eps=radius_eps, label=int(y[i]), correct=bool(correct[i]), status=status,
+                index=indices[i], norm=name, eps=radius_eps, label=labels[i], correct=bool(correct[i]), status=status,
                 region_radius=float(regions[p].radius[i]), certified_radius=float(st.radius[i]), certified_by=st.radius_by[i],
                 adversarial_norm=finite_or_none(float(st.adv_norm[i])), attacked_by=st.adv_by[i],
-                seconds=float(st.seconds[i]),
+                seconds=float(st.seconds[i]), radii=radii[i],
             ))
     return records
 
 
+def _on_cpu(result: RegionResult) -> RegionResult:
+    return RegionResult(*(t.cpu() for t in (result.radius, result.adversarial, result.adversarial_norm)))
+
+
 def _stage(st: _State, timings: dict[str, float], name: str, todo: torch.Tensor, run) -> None:
-    """Run one stage on the points in ``todo``; its wall time is split evenly among them."""
+    """Run one batched stage on the points in ``todo``; its wall time is split evenly among them."""
     idx = todo.nonzero().flatten()
     if len(idx) == 0:
         return
@@ -129,21 +154,28 @@ def _full(idx: torch.Tensor, n: int, values: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _bounds(net64, x, y, idx, eps, p, method) -> torch.Tensor:
+    on = idx.to(x.device)
+    return bound_certify(net64, x[on].double(), y[on], eps, p, method).cpu()
+
+
 def _attack(net, x, y, idx, eps, p, options, st: _State) -> None:
-    x_adv = attack(net, x[idx], y[idx], eps, p, strength=options.attack).detach()
-    ok = check_adversarial(net, x[idx], x_adv, y[idx], eps, p)
+    on = idx.to(x.device)
+    x_adv = attack(net, x[on], y[on], eps, p, strength=options.attack).detach()
+    ok = check_adversarial(net, x[on], x_adv, y[on], eps, p).cpu()
     norms = torch.full((len(x),), INF, dtype=torch.float64)
-    norms[idx] = adversarial_norm(x[idx].double(), x_adv.double(), p)
+    norms[idx] = adversarial_norm(x[on].double(), x_adv.double(), p).cpu()
     st.attacked(_full(idx, len(x), ok), norms, "pgd+apgd" if options.attack == "strong" else "pgd")
 
 
-def _mip(net64, x, y, idx, eps, p, options, st: _State) -> None:
-    for i in idx.tolist():
-        xi = x[i : i + 1].double()
-        start = time.perf_counter()
-        # big-M constants come from float64 CROWN bounds over this point's ball (mip_verify's default)
-        result = mip_verify(net64, xi, int(y[i]), eps, p, time_limit=options.mip_time_limit)
-        st.seconds[i] += time.perf_counter() - start
+def _mip(net64, pool: MIPPool, x, labels, idx, eps, p, options, st: _State) -> None:
+    """Exact MIP on the points ``idx``; each point's seconds are its own solve's (with several
+    workers they overlap, so they add up to more than the stage's wall time)."""
+    # big-M constants come from float64 CROWN bounds over each point's ball (mip_verify's default)
+    jobs = [MIPJob(x[i : i + 1].double(), labels[i], eps, p, options.mip_time_limit) for i in idx.tolist()]
+    for i, job, result in zip(idx.tolist(), jobs, pool.solve_all(net64, jobs)):
+        xi = job.x
+        st.seconds[i] += result.seconds
         # 'timeout' and 'unknown' leave the point undecided: they certify nothing and, having
         # no checked point, attack nothing
         if result.status == "robust":
@@ -152,7 +184,7 @@ def _mip(net64, x, y, idx, eps, p, options, st: _State) -> None:
             # mip_verify returns only points that pass check_adversarial (snapped into the
             # ball); the same check here keeps the cascade's one gate for every stage
             cx = result.counterexample.view_as(xi)
-            if bool(check_adversarial(net64, xi, cx, y[i : i + 1], eps, p)[0]):
+            if bool(check_adversarial(net64, xi, cx, torch.tensor([labels[i]]), eps, p)[0]):
                 norms = torch.full((len(x),), INF, dtype=torch.float64)
                 norms[i] = float(adversarial_norm(xi, cx, p)[0])
                 st.attacked(_one(i, len(x)), norms, "mip")

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mmru.certification.cascade import CascadeOptions, certify_batch
+from mmru.certification.mip_pool import MIPPool
 from mmru.certification.checkpoint import load_checkpoint
 from mmru.certification.curves import robustness_curves, universal_curve
 from mmru.certification.outputs import print_row, write_outputs
@@ -57,6 +58,7 @@ def run_certification(cfg: DictConfig) -> dict:
         raise UserError("give the checkpoint to certify: python certify.py ckpt=<path to .ckpt>, or a model from "
                         "elsewhere: model_file=<file.onnx, or file.pt with arch=package.module:builder> dataset=<name>")
     validate_certify_config(cfg)
+    device = _device(cfg.device)
     net, run = _load_net(cfg)
     norms = list(cfg.norms)
     eps = {name: float(cfg.eps[name] if cfg.eps.get(name) is not None else run["eps"][name]) for name in norms}
@@ -65,7 +67,7 @@ def run_certification(cfg: DictConfig) -> dict:
                default_out_dir(cfg.ckpt or cfg.model_file, cfg.split, cfg.shard, cfg.num_shards, external=cfg.ckpt is None))
     out_dir.mkdir(parents=True, exist_ok=True)
     indices = shard_indices(min(cfg.n_points, len(points)), cfg.shard, cfg.num_shards)
-    options = CascadeOptions(tuple(cfg.bounds), cfg.attack, cfg.mip, cfg.mip_time_limit)
+    options = CascadeOptions(tuple(cfg.bounds), cfg.attack, cfg.mip, cfg.mip_time_limit, device, radii=cfg.radii)
 
     timings: dict[str, float] = defaultdict(float)
     start = time.perf_counter()
@@ -76,13 +78,13 @@ def run_certification(cfg: DictConfig) -> dict:
     todo = [i for i in indices if i not in done]
     if done:
         print(f"resumed {len(done)} of {len(indices)} points from {out_dir / 'points.jsonl'}")
-    with _progress(cfg.progress) as bar:
+    with _progress(cfg.progress) as bar, MIPPool(cfg.mip_workers) as pool:
         task = bar.add_task("certifying", total=len(indices), completed=len(indices) - len(todo))
         for chunk in range(0, len(todo), cfg.batch_size):
             batch = todo[chunk : chunk + cfg.batch_size]
             x = torch.stack([points[i][0] for i in batch])
             y = torch.tensor([int(points[i][1]) for i in batch])
-            new = certify_batch(net, batch, x, y, eps, options, timings)
+            new = certify_batch(net, batch, x, y, eps, options, timings, pool)
             append_records(out_dir / "points.jsonl", new)
             records += new
             bar.advance(task, len(batch))
@@ -93,7 +95,7 @@ def run_certification(cfg: DictConfig) -> dict:
         input_dim=net.input_dim,
         universal_curve=universal_curve(records, net.input_dim),
         curves=robustness_curves(records, eps),
-        recipe=_recipe(run, options, records, timings["test_error"]),
+        recipe=_recipe(run, options, records, timings["test_error"], cfg.mip_workers),
     )
     write_outputs(summary, out_dir, cfg)
     print_row(summary)
@@ -116,14 +118,27 @@ def _load_net(cfg: DictConfig) -> tuple[ReLUNet, dict]:
     return net.eval(), {"dataset": cfg.dataset.name, "eps": dict(cfg.dataset.eps), "regularizer": Path(cfg.model_file).name}
 
 
-def _recipe(run: dict, options: CascadeOptions, records: list, test_error_seconds: float) -> dict:
+def _device(name: str) -> str:
+    """'auto': the GPU where torch sees one, else the CPU; a GPU asked for must exist."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} asks for a GPU, but torch sees no CUDA device here; use device=cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"device={name} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
+def _recipe(run: dict, options: CascadeOptions, records: list, test_error_seconds: float, mip_workers: int) -> dict:
     """How the model was trained and certified, for the Table-1 report's recipe column.
 
     ``certify_seconds`` sums the per-point seconds of every record, so a resumed run counts
-    the time of its earlier segments too.
+    the time of its earlier segments too (with several MIP workers their solves overlap: the
+    sum is compute time, more than the wall time).
     """
     return {"epochs": run.get("epochs"), "train_seconds": run.get("train_seconds"), "bounds": list(options.bounds),
             "attack": options.attack, "mip": options.mip, "mip_time_limit": options.mip_time_limit,
+            "device": options.device, "mip_workers": mip_workers,
             "certify_seconds": test_error_seconds + sum(r.seconds for r in records),
             "hardware": hardware(), "commit": commit()}
 
