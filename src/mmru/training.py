@@ -16,6 +16,8 @@ from mmru.validation import validate_certify_config, validate_train_config
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: mmru's own keys of the trainer group (conf/trainer/cpu.yaml), taken out before lightning.Trainer is built
+SPEED_OPTIONS = ("resident_data", "compile", "compile_mode", "check_finite_every_n_steps")
 
 
 def compose_train_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
@@ -64,10 +66,15 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"certify_overrides: {err}") from None
         if certify_cfg.split == "val" and not cfg.dataset.val_fraction > 0:
             raise ConfigError("certify_overrides ask for split=val, which needs dataset.val_fraction > 0.")
+    if cfg.trainer.get("resident_data"):
+        if cfg.dataset.augment:
+            raise ConfigError("trainer.resident_data=true holds fixed tensors, so it cannot serve dataset.augment=true.")
+        if cfg.trainer.get("strategy") == "ddp" or cfg.trainer.get("devices") not in (1, [0], None):
+            raise ConfigError("trainer.resident_data=true serves one device; set it false for DDP or several devices.")
 
 
 def build_datamodule(cfg: DictConfig) -> RobustDataModule:
-    return hydra.utils.instantiate(cfg.datamodule)
+    return hydra.utils.instantiate(cfg.datamodule, resident=bool(cfg.trainer.get("resident_data", False)))
 
 
 def net_recipe(cfg: DictConfig) -> dict[str, Any]:
@@ -87,7 +94,14 @@ def build_module(cfg: DictConfig) -> RobustClassifier:
         "val_fraction": cfg.dataset.val_fraction,
         "selected_on": cfg.get("selected_on"),
     }
-    return RobustClassifier(net, regularizer, lr=cfg.lr, net_config=recipe, run_config=run_config)
+    speed = {key: cfg.trainer[key] for key in SPEED_OPTIONS[1:] if key in cfg.trainer}
+    return RobustClassifier(net, regularizer, lr=cfg.lr, net_config=recipe, run_config=run_config, **speed)
+
+
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """lightning.Trainer from the trainer group, without mmru's own keys (:data:`SPEED_OPTIONS`)."""
+    options = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SPEED_OPTIONS}
+    return hydra.utils.instantiate(options, **kwargs)
 
 
 def build_callbacks(cfg: DictConfig, has_validation: bool) -> list[L.Callback]:
@@ -123,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = build_callbacks(cfg, datamodule.has_validation)
     # Without a held-out split there is nothing to validate on (and the test set must not be).
     no_val = {} if datamodule.has_validation else {"limit_val_batches": 0}
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **no_val)
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False, **no_val)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except TrainingDiverged as err:

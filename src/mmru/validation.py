@@ -148,6 +148,10 @@ TRAIN_OPTIONS: dict[str, Check] = {
     "trainer.log_every_n_steps": POSITIVE_INT,
     **{f"trainer.limit_{split}_batches": BATCH_LIMIT for split in ("train", "val", "test")},
     "trainer.deterministic": Check("true, false or 'warn'", lambda v: isinstance(v, bool) or v == "warn"),
+    "trainer.resident_data": BOOL,
+    "trainer.compile": BOOL,
+    "trainer.compile_mode": one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "trainer.check_finite_every_n_steps": POSITIVE_INT,
 }
 
 #: certify.py's options (conf/certify.yaml)

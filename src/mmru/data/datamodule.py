@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from mmru.data.mnist5k import load_mnist5k
+from mmru.data.resident import ResidentBatches, stack_dataset
 from mmru.data.torchvision_sets import build_torchvision_dataset
 
 DATASETS = ("mnist", "fmnist", "cifar10", "gts", "mnist5k")
@@ -28,9 +29,13 @@ class EpochSeededSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def permutation(self) -> torch.Tensor:
+        """This epoch's order of the indices, as a CPU tensor."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g).tolist())
+        return torch.randperm(self.size, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.permutation().tolist())
 
     def __len__(self) -> int:
         return self.size
@@ -64,7 +69,8 @@ class RobustDataModule(L.LightningDataModule):
 
     ``val_fraction`` of each class of the training set (seeded, stratified) is held out for
     model selection; 0 trains on all of it, as the paper did. ``limit_train``/``limit_test`` take the first
-    points only (for smoke runs).
+    points only (for smoke runs). ``resident``: the training set is held as tensors on the
+    training device and batched there (:mod:`mmru.data.resident`), same batches as the DataLoader.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class RobustDataModule(L.LightningDataModule):
         seed: int = 0,
         limit_train: int | None = None,
         limit_test: int | None = None,
+        resident: bool = False,
     ):
         super().__init__()
         if name not in DATASETS:
@@ -91,6 +98,7 @@ class RobustDataModule(L.LightningDataModule):
         self.download, self.augment = download, augment
         self.num_workers, self.seed = num_workers, seed
         self.limit_train, self.limit_test = limit_train, limit_test
+        self.resident = resident
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -136,8 +144,15 @@ class RobustDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | ResidentBatches:
         distributed = self.trainer is not None and self.trainer.world_size > 1
+        if self.resident:
+            if distributed or self.augment:
+                raise ValueError("resident data serves one process without augmentation")
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            x, y = stack_dataset(self.train_set)
+            sampler = EpochSeededSampler(len(x), self.seed)
+            return ResidentBatches(x.to(device), y.to(device), self.batch_size, sampler)
         if distributed:  # Lightning swaps in a DistributedSampler, itself seeded per epoch
             return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
         return self._loader(self.train_set, EpochSeededSampler(len(self.train_set), self.seed))
