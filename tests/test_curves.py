@@ -53,8 +53,10 @@ def test_curves_agree_with_the_summary_at_eps():
         assert curve["empirical"][at] == summary["lb"] == 2 / 6
 
 
-def test_curves_agree_with_the_summary_after_a_cascade_run():
-    """Through the real cascade: bound-propagation certificates are recorded at eps itself."""
+@pytest.mark.parametrize("radii", [False, True])
+def test_curves_agree_with_the_summary_after_a_cascade_run(radii):
+    """Through the real cascade: bound-propagation certificates are recorded at eps itself
+    (``radii=False``) or as the largest radius each method proves."""
     torch.manual_seed(0)
     net = through_the_box(mlp((6,), 3, (10, 10)), 3)
     gen = torch.Generator().manual_seed(1)
@@ -63,15 +65,19 @@ def test_curves_agree_with_the_summary_after_a_cascade_run():
         y = net(x).argmax(1)
     y[:2] = (y[:2] + 1) % 3  # two misclassified points
     eps = {"l1": 0.3, "l2": 0.15, "linf": 0.06}
-    options = CascadeOptions(bounds=("kw", "crown"), attack="fast", mip=False)
+    options = CascadeOptions(bounds=("kw", "crown"), attack="fast", mip=False, radii=radii)
     records = certify_batch(net, list(range(24)), x, y, eps, options, defaultdict(float))
     assert any(r.certified_by in ("kw", "crown") for r in records)  # closed-ball certificates occur
+    assert any(r.certified_radius > r.eps for r in records if r.certified_by in ("kw", "crown")) == radii
     summary = summarize(records, eps, test_error=None)
     curves = robustness_curves(records, eps)
     for norm, radius in eps.items():
         at = curves[norm]["eps"].index(radius)
         assert curves[norm]["certified"][at] == summary[norm]["ub"], norm
         assert curves[norm]["empirical"][at] == summary[norm]["lb"], norm
+    at = curves["union"]["eps"].index(1.0)  # the union's scale t = 1: every norm at its eps
+    assert curves["union"]["certified"][at] == summary["union_ub"]
+    assert curves["union"]["empirical"][at] == summary["union_lb"]
 
 
 def test_robustness_curves_need_eps_on_the_grid():

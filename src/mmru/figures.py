@@ -164,7 +164,8 @@ def draw_robustness_curves(curves: Mapping[str, Mapping[str, Sequence[float]]]) 
 
     ``curves[norm]`` (norm e.g. "l1", "l2", "linf") holds ``"eps"`` and at least one of
     ``"certified"`` (fraction of points not certified at eps: an upper bound on the robust error,
-    solid) and ``"empirical"`` (fraction broken by attacks: a lower bound, dashed).
+    solid) and ``"empirical"`` (fraction broken by attacks: a lower bound, dashed); an optional
+    ``"xlabel"`` replaces eps on the x axis (the union curve's scale t).
     """
     fig = Figure(figsize=(4 * len(curves), 3.4), layout="constrained")
     for i, (norm, curve) in enumerate(curves.items()):
@@ -176,7 +177,7 @@ def draw_robustness_curves(curves: Mapping[str, Mapping[str, Sequence[float]]]) 
         if "empirical" in curve:
             ax.plot(eps, np.asarray(curve["empirical"], dtype=float), "--", color="tab:red",
                     label="attacks (lower bound)")
-        ax.set(xlabel=r"$\epsilon$", ylabel="robust error", ylim=(0, 1),
+        ax.set(xlabel=curve.get("xlabel", r"$\epsilon$"), ylabel="robust error", ylim=(0, 1),
                title=NORM_LABELS.get(norm, norm))
         ax.legend(fontsize=8)
     return fig

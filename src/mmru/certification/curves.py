@@ -20,31 +20,50 @@ def _by_norm(records: list[PointRecord], norm: str) -> list[PointRecord]:
 
 def robustness_curves(records: list[PointRecord], eps: dict[str, float], points: int = 41) -> dict:
     """Per norm, on eps in [0, 2 eps_p] (eps_p itself on the grid): certified error (UB) and
-    empirical error (LB).
+    empirical error (LB); and under "union", the same against the union of the balls, at radii
+    t eps_p for t in [0, 2] ("eps" holds t there).
 
-    A point counts as robust at radius r when its certified radius exceeds r, or when its record
-    is certified and r is at most the record's eps (bound propagation and the MIP prove the
-    closed ball of radius eps_p and record certified_radius = eps_p), so at eps_p the curve
-    equals the summary's UB. It counts as broken at r when a checked counterexample of norm <= r
-    was found (at eps_p: the summary's LB). Beyond eps_p, certificates proven only at eps_p no
-    longer count: the curve stays sound.
+    A point counts as robust at radius r when its certified radius exceeds r, or reaches r by a
+    method that proves closed balls (every method but the region's), or when its record is
+    certified and r is at most the record's eps, so at eps_p the curve equals the summary's UB.
+    It counts as broken at r when a checked counterexample of norm <= r was found (at eps_p:
+    the summary's LB). Without stored radii (``radii=false``) a certificate proven only at eps_p
+    does not count beyond it: the curve stays sound, if pessimistic. Union: robust at t when
+    robust in every norm at t eps_p, broken when broken in any (at t = 1: ``union_ub``,
+    ``union_lb``).
     """
     if points < 3 or points % 2 == 0:
         raise ValueError(f"points must be odd and >= 3 (eps_p sits in the middle), got {points}")
-    curves = {}
+    # t * (i / half) is exactly t at i = half, and never above 2 t
+    half = (points - 1) // 2
+    scale = np.arange(points, dtype=np.float64) / half
+    curves, robust, broken = {}, [], []
     for norm, radius in eps.items():
         mine = _by_norm(records, norm)
-        # radius * (i / half) is exactly radius at i = half, and never above 2 radius
-        half = (points - 1) // 2
-        grid = radius * (np.arange(points, dtype=np.float64) / half)
+        grid = radius * scale
         certified = np.array([r.certified_radius for r in mine])
+        closed = np.array([r.certified_by not in (None, "region") for r in mine])
         # the radius each point's status was decided at (the run's eps_p)
         proven_up_to = np.array([r.eps if r.status == CERTIFIED else -math.inf for r in mine])
         found = np.array([math.inf if r.adversarial_norm is None else r.adversarial_norm for r in mine])
+        # [grid, points]
+        robust.append((certified > grid[:, None]) | (closed & (certified >= grid[:, None]))
+                      | (grid[:, None] <= proven_up_to))
+        broken.append(found <= grid[:, None])
         curves[norm] = {
             "eps": grid.tolist(),
-            "certified": [float(np.mean(~((certified > e) | (e <= proven_up_to)))) for e in grid],
-            "empirical": [float(np.mean(found <= e)) for e in grid],
+            "certified": (~robust[-1]).mean(1).tolist(),
+            "empirical": broken[-1].mean(1).tolist(),
+        }
+    if len(eps) > 1:
+        indices = [[r.index for r in _by_norm(records, norm)] for norm in eps]
+        if any(ix != indices[0] for ix in indices):
+            raise ValueError(f"the union curve needs records of the same points in every norm of {list(eps)}")
+        curves["union"] = {
+            "eps": scale.tolist(),
+            "xlabel": "t (radius t·ε_p in every norm)",
+            "certified": (~np.logical_and.reduce(robust)).mean(1).tolist(),
+            "empirical": np.logical_or.reduce(broken).mean(1).tolist(),
         }
     return curves
 

@@ -84,5 +84,13 @@ def _log_wandb(summary: dict, plots: list[Path], out_dir: Path, cfg: DictConfig)
         wb.summary.update({f"certify/{k}": v for k, v in row.items()})
         wb.log({
             "certify/table1": wandb.Table(columns=["model", *row], data=[[run.get("regularizer"), *row.values()]]),
+            "certify/robustness_curves_data": wandb.Table(columns=["curve", "eps", "certified", "empirical"],
+                                                          data=curve_rows(summary["curves"])),
             **{f"certify/{p.stem}": wandb.Image(str(p)) for p in plots},
         })
+
+
+def curve_rows(curves: dict) -> list[list]:
+    """The robustness curves as table rows (curve, eps or the union's t, certified, empirical)."""
+    return [[name, e, c, m] for name, curve in curves.items()
+            for e, c, m in zip(curve["eps"], curve["certified"], curve["empirical"])]

@@ -25,6 +25,11 @@ class PointRecord:
     ``adversarial_norm``: l_p norm of the smallest checked counterexample found (None when
     none), and ``attacked_by`` its method. ``status`` at ``eps``: certified / attacked /
     undecided.
+    ``radii`` (with ``radii=true``, :mod:`mmru.certification.radii`): method -> the largest
+    radius it proved ("region": eq 3, open ball; the others on the closed ball), searched up to
+    2 eps; a method is absent where it proved nothing above what others had. Records written
+    before it existed load with None. certified_radius is the largest proven radius, always
+    <= adversarial_norm.
     """
 
     index: int
@@ -39,6 +44,7 @@ class PointRecord:
     adversarial_norm: float | None
     attacked_by: str | None
     seconds: float
+    radii: dict[str, float] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), allow_nan=False)

@@ -138,7 +138,7 @@ def _recipe(run: dict, options: CascadeOptions, records: list, test_error_second
     """
     return {"epochs": run.get("epochs"), "train_seconds": run.get("train_seconds"), "bounds": list(options.bounds),
             "attack": options.attack, "mip": options.mip, "mip_time_limit": options.mip_time_limit,
-            "device": options.device, "mip_workers": mip_workers,
+            "device": options.device, "mip_workers": mip_workers, "radii": options.radii,
             "certify_seconds": test_error_seconds + sum(r.seconds for r in records),
             "hardware": hardware(), "commit": commit()}
 

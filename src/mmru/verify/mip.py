@@ -248,6 +248,8 @@ def mip_min_distance(
     p: float,
     time_limit: float = 60.0,
     bounds: list[Bounds] | None = None,
+    max_radius: float | None = None,
+    margin_tol: float = 0.0,
 ) -> MinDistance:
     """min ||x' - x||_p over x' in [0, 1]^d with f_s(x') >= f_y(x') for some s != y (p in {1, inf}).
 
@@ -256,6 +258,10 @@ def mip_min_distance(
     just past it along the ray from x, by the least of ``_PUSHES`` that makes it strictly
     misclassified. ``bounds`` must hold over the whole box (CROWN over the l_inf ball of
     radius 1, which covers it, if None).
+    ``max_radius``: search only ||x' - x||_p <= max_radius (``bounds``, CROWN over that ball
+    if None, need hold there only): ``lower`` is then a bound on min(r_p(x), max_radius).
+    ``margin_tol``: the lower bound is taken over f_y - f_s <= +margin_tol, a superset of the
+    boundary that absorbs the solver's tolerances and the bounds' rounding (as ``mip_verify``).
     """
     if not time_limit > 0:
         raise ValueError(f"time_limit must be > 0, got {time_limit}")
@@ -263,20 +269,23 @@ def mip_min_distance(
     p, net64, x64 = _check_p(p), _double(net), _single(x, net)
     if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), 0.0, p)[0]):
         return MinDistance(0.0, 0.0, x64[0], None, True, time.perf_counter() - start)
+    ball = input_ball(x64, 1.0, INF, (0.0, 1.0)) if max_radius is None else input_ball(x64, max_radius, p)
     if bounds is None:
         with torch.no_grad():
-            bounds = hidden_bounds(net64, input_ball(x64, 1.0, INF, (0.0, 1.0)), "crown")["crown"]
+            bounds = hidden_bounds(net64, ball, "crown")["crown"]
     hidden = _numpy_bounds(_one_point_bounds(bounds, len(net.layers) - 1))
     xf = x64.reshape(-1).numpy()
-    lo, hi = np.zeros_like(xf), np.ones_like(xf)
+    lo, hi = (t[0].numpy() for t in ball.cube())
 
     prog = Program()
     x_cols = prog.add_cols(lo, hi)
     if p == 1.0:
         dev = abs_deviation(prog, xf, x_cols, lo, hi)
         objective = {int(j): 1.0 for j in dev}
+        if max_radius is not None:
+            prog.add_row(dev, np.ones(len(dev)), -INF, max_radius)
     else:
-        r = prog.add_cols(0.0, 1.0)[0]
+        r = prog.add_cols(0.0, 1.0 if max_radius is None else max_radius)[0]
         for i in range(len(xf)):  # r >= |x'_i - x_i|
             prog.add_row([x_cols[i], r], [1.0, -1.0], -INF, xf[i])
             prog.add_row([x_cols[i], r], [-1.0, -1.0], -INF, -xf[i])
@@ -290,7 +299,7 @@ def mip_min_distance(
         # The boundary f_y - f_s <= 0 first: its optimum bounds the distance from below. Its
         # minimiser is a tie; if no push along the ray makes it a counterexample (the margin
         # only touches 0 there), the closest point misclassified by STRICT_MARGIN instead.
-        for level in (0.0, -STRICT_MARGIN):
+        for level in (margin_tol, -STRICT_MARGIN):
             remaining = time_limit - (time.perf_counter() - start)
             if remaining <= 0:
                 solved, timed_out = False, True
@@ -304,7 +313,7 @@ def mip_min_distance(
             if status == Status.kInfeasible:
                 break  # unreachable, or not closer than the best so far
             info = h.getInfo()
-            if level == 0.0:
+            if level == margin_tol:
                 lower = min(lower, info.mip_dual_bound)
             solved &= status == Status.kOptimal
             timed_out |= status == Status.kTimeLimit
@@ -315,7 +324,7 @@ def mip_min_distance(
                 if found[1] < best:
                     (best_point, best), best_target = found, s
                 break
-    lower = min(lower, best)
+    lower = min(lower, best, INF if max_radius is None else max_radius)
     point = None if best_point is None else best_point.reshape(net.input_shape)
     optimal = solved and best <= lower + DISTANCE_TOL
     return MinDistance(best, lower, point, best_target, optimal, time.perf_counter() - start, timed_out)
