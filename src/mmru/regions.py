@@ -196,13 +196,14 @@ def _conv_params(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int], tup
 
 def _on_image(positions, size, stride, offset, in_shape, dtype, device) -> Tensor | None:
     """[P * Q, 1, C0 * Rh * Rw, 1]: 1 where a window entry lies on the image, 0 in the padding."""
+    # decided on the shapes alone: a test of the tensors below would wait for the GPU every step
+    if all(offset[i] <= 0 and (positions[i] - 1) * stride[i] - offset[i] + size[i] <= in_shape[1 + i] for i in (0, 1)):
+        return None
     axes = []
     for i in (0, 1):
         pix = torch.arange(positions[i], device=device)[:, None] * stride[i] - offset[i]
         pix = pix + torch.arange(size[i], device=device)
         axes.append(((pix >= 0) & (pix < in_shape[1 + i])).to(dtype))
-    if all(axis.all() for axis in axes):
-        return None
     valid = axes[0][:, None, None, :, None] * axes[1][None, :, None, None, :]  # [P, Q, 1, Rh, Rw]
     return valid.expand(-1, -1, in_shape[0], -1, -1).reshape(positions[0] * positions[1], 1, -1, 1)
 
