@@ -25,7 +25,9 @@ from mmru.errors import ConfigError
 from mmru.models import mlp
 from mmru.training import compose_config
 from mmru.validation import validate_certify_config
-from mmru.verify import certify, mip_min_distance
+from mmru.verify import certify, mip_min_distance, rounding_tolerance
+from mmru.verify.bounds import hidden_bounds, input_ball
+from mmru.verify.mip import MARGIN_TOL
 from tiny_nets import through_the_box
 
 INF = math.inf
@@ -123,6 +125,8 @@ def test_radii_lie_below_the_exact_distance_and_counterexamples_above(seed):
 
 
 def test_the_mip_radius_is_shrunk_below_the_solvers_bound():
+    """The MIP's radius is the solver's bound over f_y - f_s <= +tol (mip_verify's near-tie
+    policy), lowered by the feasibility slack and rounded down; below the boundary's bound."""
     net, x, y = _net_and_points(5, 2)
     net64 = net.double()
     checked = 0
@@ -133,10 +137,15 @@ def test_the_mip_radius_is_shrunk_below_the_solvers_bound():
             boundary = mip_min_distance(net64, xi, int(y[i]), p, 60.0, max_radius=cap)  # f_y - f_s <= 0
             if not boundary.lower < cap:
                 continue
+            ball = input_ball(xi, cap, p)
+            passes = hidden_bounds(net64, ball, "crown")
+            tol = max(MARGIN_TOL, float(rounding_tolerance(net64, ball, passes)[0]))
+            near = mip_min_distance(net64, xi, int(y[i]), p, 60.0, bounds=passes["crown"], max_radius=cap,
+                                    margin_tol=tol)
             outcome = mip_radius(net64, RadiusJob(xi, int(y[i]), p, cap, 60.0))
-            assert outcome.radius is not None and outcome.counterexample is not None
-            assert outcome.radius <= boundary.lower - mip_distance_slack(5, p) / 2, (i, p)
-            assert outcome.radius >= boundary.lower - 1e-4, (i, p)
+            assert outcome.counterexample is not None
+            assert outcome.radius == math.nextafter(near.lower - mip_distance_slack(5, p), 0.0), (i, p)
+            assert boundary.lower - 1e-4 <= outcome.radius < boundary.lower, (i, p)
             checked += 1
             if checked == 3:
                 return
