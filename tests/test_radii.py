@@ -101,7 +101,7 @@ def test_radii_lie_below_the_exact_distance_and_counterexamples_above(seed):
     """In 2-D a fine grid gives r_p(x) to within its step h in every norm."""
     net, x, y = _net_and_points(2, seed, n=6)
     exact, h = _grid_distances(net, x, y)
-    records = certify_batch(net, list(range(6)), x, y, EPS, CascadeOptions(attack="fast", mip_time_limit=20),
+    records = certify_batch(net, list(range(6)), x, y, EPS, CascadeOptions(attack="fast", mip_time_limit=20, radii=True),
                             defaultdict(float))
     used = defaultdict(int)
     for r in records:
@@ -158,7 +158,7 @@ def test_status_follows_radii_the_cascade_did_not_prove(monkeypatch):
     monkeypatch.setattr("mmru.certification.cascade._mip", lambda *args, **kwargs: None)
     net, x, y = _net_and_points(5, 2)
     eps = {"l1": EPS["l1"], "linf": EPS["linf"]}
-    records = certify_batch(net, list(range(8)), x, y, eps, CascadeOptions(bounds=(), attack="none"), defaultdict(float))
+    records = certify_batch(net, list(range(8)), x, y, eps, CascadeOptions(bounds=(), attack="none", radii=True), defaultdict(float))
     by_mip = [r for r in records if r.certified_by == "mip" or r.attacked_by == "mip"]
     assert {r.status for r in by_mip} == {CERTIFIED, ATTACKED}
     assert all(r.status != UNDECIDED for r in by_mip)

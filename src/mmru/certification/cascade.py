@@ -43,7 +43,7 @@ class CascadeOptions:
     mip: bool = True  #: exact MIP for l_1 and l_∞ on undecided points
     mip_time_limit: float = 120.0  #: seconds per point (the paper's setting)
     device: str = "cpu"  #: where the region, bound and attack stages run ('cpu', 'cuda', 'cuda:1', ...)
-    radii: bool = True  #: then each method's largest certified radius per point (mmru.certification.radii)
+    radii: bool = False  #: then each method's largest certified radius per point (mmru.certification.radii)
 
 
 @dataclass
