@@ -209,3 +209,19 @@ def test_radii_option_is_checked():
     assert compose_config("certify", [])["radii"] in (True, False)
     with pytest.raises(ConfigError, match=r"^radii must be true or false, got 'maybe'\.$"):
         validate_certify_config(compose_config("certify", ["ckpt=x.ckpt", "radii=maybe"]))
+
+
+def test_resume_keeps_records_with_and_without_radii(tmp_path):
+    """A run resumed with radii=true over records of an older run keeps both kinds as they were."""
+    from mmru.certification.runner import _resume
+
+    path = tmp_path / "points.jsonl"
+    old = {"index": 0, "norm": "l1", "eps": 0.1, "label": 2, "correct": True, "status": UNDECIDED,
+           "region_radius": 0.05, "certified_radius": 0.05, "certified_by": "region", "adversarial_norm": None,
+           "attacked_by": None, "seconds": 0.5}
+    new = _record(1, "l1", CERTIFIED, 0.15, "crown", eps=0.1)
+    new.radii = {"region": 0.02, "kw": 0.14, "crown": 0.15}
+    path.write_text(json.dumps(old) + "\n" + new.to_json() + "\n" + '{"index": 2, "no')  # a torn last line
+    kept = _resume(path, {"l1": 0.1}, [0, 1, 2])
+    assert [(r.index, r.radii) for r in kept] == [(0, None), (1, new.radii)]
+    assert load_records(path) == kept
