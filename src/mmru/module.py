@@ -57,7 +57,8 @@ class RobustClassifier(L.LightningModule):
                                           "check_finite_every_n_steps"])
         self.net = net
         self.regularizer = regularizer or Regularizer()
-        self.compile, self.compile_mode = compile, compile_mode
+        # not self.compile: that is nn.Module's own method
+        self.compile_loss, self.compile_mode = compile, compile_mode
         self.finite_guard = FiniteGuard(check_finite_every_n_steps)
         self._loss_fn = None
         k = net.num_classes
@@ -72,7 +73,7 @@ class RobustClassifier(L.LightningModule):
         """The scheme's objective on (x, y): eagerly, or through torch.compile (``compile``)."""
         if self._loss_fn is None:
             fn = self.regularizer.training_loss
-            self._loss_fn = torch.compile(fn, mode=self.compile_mode) if self.compile else fn
+            self._loss_fn = torch.compile(fn, mode=self.compile_mode) if self.compile_loss else fn
         return self._loss_fn(self.net, x, y)
 
     def on_fit_start(self) -> None:
