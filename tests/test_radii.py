@@ -225,3 +225,13 @@ def test_resume_keeps_records_with_and_without_radii(tmp_path):
     kept = _resume(path, {"l1": 0.1}, [0, 1, 2])
     assert [(r.index, r.radii) for r in kept] == [(0, None), (1, new.radii)]
     assert load_records(path) == kept
+
+
+def test_mip_radius_where_every_unit_is_stable_on_the_capped_ball():
+    """No binary left: HiGHS solves an LP and reports no MIP dual bound; its optimum is the bound."""
+    net, x, y = _net_and_points(2, 1, n=3)
+    net64, xi = net.double(), x[2:3].double()
+    uncapped = mip_min_distance(net64, xi, int(y[2]), INF, 60.0)
+    assert uncapped.optimal and uncapped.distance < 0.1
+    outcome = mip_radius(net64, RadiusJob(xi, int(y[2]), INF, 0.1, 60.0))
+    assert uncapped.lower - 1e-4 <= outcome.radius < uncapped.lower

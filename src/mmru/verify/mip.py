@@ -241,6 +241,15 @@ def _pushed_counterexample(net64: ReLUNet, x64: torch.Tensor, point: np.ndarray,
     return None
 
 
+def _proven_minimum(h: highspy._Highs, prog: Program) -> float:
+    """A lower bound on the program's minimum HiGHS proved: its MIP dual bound, or, for a
+    program without binaries (every unit stable: HiGHS solves an LP and leaves the MIP dual
+    bound at 0), the LP's optimum once proven optimal; else -inf."""
+    if prog.binary:
+        return h.getInfo().mip_dual_bound
+    return h.getInfo().objective_function_value if h.getModelStatus() == Status.kOptimal else -INF
+
+
 def mip_min_distance(
     net: ReLUNet,
     x: torch.Tensor,
@@ -314,7 +323,7 @@ def mip_min_distance(
                 break  # unreachable, or not closer than the best so far
             info = h.getInfo()
             if level == margin_tol:
-                lower = min(lower, info.mip_dual_bound)
+                lower = min(lower, _proven_minimum(h, prog))
             solved &= status == Status.kOptimal
             timed_out |= status == Status.kTimeLimit
             if info.primal_solution_status != 2:
