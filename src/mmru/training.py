@@ -50,7 +50,7 @@ def validate_config(cfg: DictConfig) -> None:
 
     Covers the trainer's and the regularizer's options (mmru.validation's tables) and, when the
     run certifies its checkpoint at the end, certify.py's options, so that a typo there does not
-    surface only after the training.
+    surface only after the training; and the combinations resident data cannot serve.
     """
     validate_train_config(cfg)
     if cfg.certify_after_training:
@@ -68,7 +68,8 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError("certify_overrides ask for split=val, which needs dataset.val_fraction > 0.")
     if cfg.trainer.get("resident_data"):
         if cfg.dataset.augment:
-            raise ConfigError("trainer.resident_data=true holds fixed tensors, so it cannot serve dataset.augment=true.")
+            raise ConfigError("trainer.resident_data=true holds fixed tensors, so it cannot serve "
+                              "dataset.augment=true.")
         if cfg.trainer.get("strategy") == "ddp" or cfg.trainer.get("devices") not in (1, [0], None):
             raise ConfigError("trainer.resident_data=true serves one device; set it false for DDP or several devices.")
 
