@@ -173,6 +173,12 @@ def main() -> None:
     py = sys.executable
     device = "cpu" if args.dry else "cuda"
     bench_common = ["--device", device, "--repeats", "1" if args.dry else "5"]
+    if not args.dry:  # evidence for the sync-free path: CUDA's sync debug mode set to 'error' inside steps
+        rc, _ = run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_resident.py", "-k", "gpu_steps"],
+                    min(120, left()))
+        plan_sync = {"sync_free_test_exit": rc}
+    else:
+        plan_sync = {}
     bench_train = args.out / "bench_train.json"
     run([py, "bench/bench.py", "--parts", "train", "--out", str(bench_train), *bench_common, "--compile", "off",
          *(["--skip-reference"] if args.dry else [])], min(90, left()))
@@ -192,7 +198,7 @@ def main() -> None:
     rows = [row for row in ROWS if row in args.rows.split(",")]
     shares = {row: SHARE[row] / sum(SHARE[r] for r in rows) for row in rows}
     plan = {"budget_s": args.budget, "train_budget_s": args.train_budget, "compile": args.compile, "dry": args.dry,
-            "step_ms_measured": step_ms, "rows": {}}
+            "step_ms_measured": step_ms, **plan_sync, "rows": {}}
     for row in rows:
         epochs = 1 if args.dry else epochs_that_fit(shares[row] * args.train_budget, step_ms[ROWS[row]])
         overrides = [f"experiment=table1/{row}", f"trainer.max_epochs={epochs}", "logger=csv",

@@ -7,8 +7,10 @@ budget. ``make bench`` checks compiled against eager losses and gradients on the
 
 import math
 
+import lightning as L
 import pytest
 import torch
+from omegaconf import open_dict
 
 from mmru.cli import user_errors
 from mmru.data import RobustDataModule
@@ -151,3 +153,31 @@ def test_gpu_trainer_turns_the_sync_free_path_on(tmp_path):
     assert trainer.log_every_n_steps == trainer.check_finite_every_n_steps
     cpu = compose_train_config(["logger=none"], tmp_path).trainer
     assert not cpu.resident_data and not cpu.compile and cpu.check_finite_every_n_steps == 1
+
+
+# --- on a GPU only: no step between two host reads waits for the GPU ----------------------------------
+
+class SyncTrap(L.Callback):
+    """CUDA's sync debug mode set to 'error' during every step at which nothing is due on the host:
+    not the first (allocations), not one where the NaN/inf guard or the per-step log is read."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        due = (batch_idx == 0 or pl_module.finite_guard.due(step, batch_idx + 1 >= trainer.num_training_batches)
+               or (step + 1) % trainer.log_every_n_steps == 0)
+        torch.cuda.set_sync_debug_mode(0 if due else "error")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_steps_between_host_reads_do_not_synchronise(tmp_path):
+    cfg = compose_train_config([*QUIET, "trainer=gpu", "regularizer=universal", "datamodule.limit_train=1280",
+                                "datamodule.limit_test=128", "trainer.max_epochs=1"], tmp_path)
+    with open_dict(cfg):
+        cfg.callbacks.sync_trap = {"_target_": f"{__name__}.SyncTrap"}
+    try:
+        train(cfg)  # 10 steps; a synchronisation inside steps 1-8 raises
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
