@@ -54,7 +54,8 @@ def test_per_point_eps_is_each_points_own_ball():
     for p in NORMS.values():
         for method in ("kw", "crown"):
             together = certify(net64, x64, y, eps, p, method)
-            alone = torch.cat([certify(net64, x64[i : i + 1], y[i : i + 1], float(eps[i]), p, method) for i in range(6)])
+            alone = torch.cat([certify(net64, x64[i : i + 1], y[i : i + 1], float(eps[i]), p, method)
+                               for i in range(6)])
             assert together.tolist() == alone.tolist(), (p, method)
             assert together.any() and not together.all(), (p, method)  # both outcomes occur
 
@@ -88,7 +89,8 @@ def _grid_distances(net, x, y, steps=601):
     for i in range(len(x)):
         dx, dy = (grid[wrong != y[i]] - x[i].double()).abs().unbind(1)
         if len(dx):
-            out["l1"][i], out["l2"][i], out["linf"][i] = (dx + dy).min(), torch.hypot(dx, dy).min(), dx.maximum(dy).min()
+            out["l1"][i], out["l2"][i] = (dx + dy).min(), torch.hypot(dx, dy).min()
+            out["linf"][i] = dx.maximum(dy).min()
     return out, 1 / (steps - 1)
 
 
@@ -101,8 +103,8 @@ def test_radii_lie_below_the_exact_distance_and_counterexamples_above(seed):
     """In 2-D a fine grid gives r_p(x) to within its step h in every norm."""
     net, x, y = _net_and_points(2, seed, n=6)
     exact, h = _grid_distances(net, x, y)
-    records = certify_batch(net, list(range(6)), x, y, EPS, CascadeOptions(attack="fast", mip_time_limit=20, radii=True),
-                            defaultdict(float))
+    options = CascadeOptions(attack="fast", mip_time_limit=20, radii=True)
+    records = certify_batch(net, list(range(6)), x, y, EPS, options, defaultdict(float))
     used = defaultdict(int)
     for r in records:
         assert r.radii and r.radii["region"] == r.region_radius
@@ -158,7 +160,8 @@ def test_status_follows_radii_the_cascade_did_not_prove(monkeypatch):
     monkeypatch.setattr("mmru.certification.cascade._mip", lambda *args, **kwargs: None)
     net, x, y = _net_and_points(5, 2)
     eps = {"l1": EPS["l1"], "linf": EPS["linf"]}
-    records = certify_batch(net, list(range(8)), x, y, eps, CascadeOptions(bounds=(), attack="none", radii=True), defaultdict(float))
+    options = CascadeOptions(bounds=(), attack="none", radii=True)
+    records = certify_batch(net, list(range(8)), x, y, eps, options, defaultdict(float))
     by_mip = [r for r in records if r.certified_by == "mip" or r.attacked_by == "mip"]
     assert {r.status for r in by_mip} == {CERTIFIED, ATTACKED}
     assert all(r.status != UNDECIDED for r in by_mip)

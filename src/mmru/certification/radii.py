@@ -19,11 +19,13 @@ radii, as far as the robustness curves need them (up to ``CURVE_EXTENT`` eps_p) 
     f_y - f_s <= +tol, tol = max(MARGIN_TOL, rounding tolerance of the bounds): the policy of
     ``mip_verify`` for near-ties. The solver meets the norm's rows up to its primal feasibility
     tolerance each, so the bound is lowered by ``mip_distance_slack`` and rounded down; a
-    search that finds nothing closer proves radius >= its cap. The checked point it finds
-    (``check_adversarial``) lowers the adversarial norm.
+    search that finds nothing closer proves its cap (less that slack). The checked point it
+    finds (``check_adversarial``) lowers the adversarial norm. One ``RadiusJob`` per point,
+    picklable, solved by ``mip_radius(net64, job)``: a worker pool can map the list.
 Every radius proven at or above eps_p also certifies the point at eps_p (its ball contains the
 eps_p ball), and every counterexample found attacks it at its norm: the cascade's status
-follows, so the curves at eps_p agree with the summary.
+follows, so the curves at eps_p agree with the summary. Cost: on the demo model the stage takes
+about 7x the cascade's time without the MIP (README), hence ``radii=false`` by default.
 """
 
 from __future__ import annotations
