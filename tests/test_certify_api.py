@@ -85,6 +85,18 @@ def test_summary_counts_the_records(one_thread):
     assert summary["n_points"] == len(x)
 
 
+def test_radii_are_asked_for_by_name(one_thread):
+    """radii=True records each method's largest radius per point; the default records none."""
+    model = conv_model()
+    x, y = _points(model)
+    plain, _ = mmru.certify(model, x, y, {"linf": 0.03}, attack="none", mip=False)
+    with_radii, _ = mmru.certify(model, x, y, {"linf": 0.03}, attack="none", mip=False, radii=True)
+    assert all(r.radii is None for r in plain)
+    for r in with_radii:
+        assert (r.radii is not None) and (not r.correct or r.radii["region"] == r.region_radius)
+        assert r.certified_radius == max(r.radii.values(), default=0.0)
+
+
 def test_certified_points_resist_perturbations_of_the_original_model(one_thread):
     """eps is in pixel space: the normalisation inside the model is folded into the net, not into eps."""
     model = conv_model()
@@ -109,6 +121,8 @@ def test_certified_points_resist_perturbations_of_the_original_model(one_thread)
     ({"mip": "yes"}, "mip must be True or False"),
     ({"mip_time_limit": 0}, "mip_time_limit must be"),
     ({"batch_size": 0}, "batch_size must be"),
+    ({"radii": "yes"}, "radii must be True or False"),
+    ({"mip_workers": 0}, "mip_workers must be"),
     ({"x": torch.rand(2, *SHAPE) * 2}, "box [0, 1]"),
     ({"x": torch.rand(2, 3, 8, 8)}, "does not run on inputs of shape [3, 8, 8]"),
     ({"y": torch.tensor([0.0, 1.0])}, "integer tensor of 2 labels"),

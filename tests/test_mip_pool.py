@@ -23,13 +23,14 @@ def _without_seconds(records) -> list[dict]:
 
 def test_two_workers_give_the_records_of_one_process():
     """Bounds and attacks off, so the MIP decides every point the region leaves open: in l_1 and
-    l_∞, with eps chosen so that some points are certified and some attacked by the MIP."""
+    l_∞, with eps chosen so that some points are certified and some attacked by the MIP; then
+    the radii stage's MIP distance searches go to the same pool."""
     net = through_the_box(mlp((4,), 3, (8, 8)).double(), 3)
     x = torch.rand(12, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     with torch.no_grad():
         y = net(x).argmax(1)
     eps = {"l1": 0.25, "linf": 0.08}
-    options = CascadeOptions(bounds=(), attack="none", mip=True, mip_time_limit=300)
+    options = CascadeOptions(bounds=(), attack="none", mip=True, mip_time_limit=300, radii=True)
     runs, statuses = [], []
     for workers in (1, 2):
         with _SpyPool(workers) as pool:
@@ -37,22 +38,24 @@ def test_two_workers_give_the_records_of_one_process():
         statuses.append(pool.statuses)
     if "timeout" in statuses[0] + statuses[1]:  # only a 300 s time limit on a tiny MILP
         pytest.skip("HiGHS reached its time limit on a tiny MILP")
-    assert statuses[0] == statuses[1] and {"robust", "attacked"} <= set(statuses[1])
+    assert statuses[0] == statuses[1] and {"robust", "attacked", "radius"} <= set(statuses[1])
     assert _without_seconds(runs[0]) == _without_seconds(runs[1])
     by_mip = [r for r in runs[1] if "mip" in (r.certified_by, r.attacked_by)]
     assert {r.status for r in by_mip} == {"certified", "attacked"}, "the MIP must decide both ways here"
 
 
 class _SpyPool(MIPPool):
-    """Keeps the solver's statuses, in order."""
+    """Keeps the solver's statuses in order: mip_verify's, and for a distance search 'radius'
+    (or 'timeout' when it did not finish)."""
 
     def __init__(self, workers):
         super().__init__(workers)
         self.statuses = []
 
-    def solve_all(self, net64, jobs):
-        results = super().solve_all(net64, jobs)
-        self.statuses += [r.status for r in results]
+    def map(self, fn, net64, jobs):
+        results = super().map(fn, net64, jobs)
+        self.statuses += [getattr(r, "status", None) or ("timeout" if r.radius is None else "radius")
+                          for r in results]
         return results
 
 

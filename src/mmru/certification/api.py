@@ -38,6 +38,7 @@ def certify(
     net: nn.Module | str | Path, x: torch.Tensor, y: torch.Tensor, eps: Mapping[str, float],
     bounds: Sequence[str] = ("kw", "crown"), attack: str = "strong", mip: bool = True,
     mip_time_limit: float = 120.0, batch_size: int = 100, device: str = "cpu", mip_workers: int = 1,
+    radii: bool = False,
 ) -> Certification:
     """Certify ``net`` (a ReLUNet, a PyTorch classifier or the path of an ONNX file) at the
     points ``x`` (inputs in [0, 1]) with labels ``y``.
@@ -47,11 +48,15 @@ def certify(
     ``bounds``: bound-propagation methods in order (ibp, kw, crown); ``attack``: none, fast or
     strong; ``mip``: exact MIP for l1 and l∞ on what is still undecided, at most
     ``mip_time_limit`` seconds per point. ``device``: where region, bounds and attacks run
-    (e.g. "cuda"); ``mip_workers``: processes solving the MIPs in parallel, on the CPU. Record
+    (e.g. "cuda"); ``mip_workers``: processes solving the MIPs in parallel, on the CPU;
+    ``radii``: also each method's largest certified radius per point (records' ``radii``,
+    :mod:`mmru.certification.radii`; several times the cascade's cost). Record
     ``index`` i is the point ``x[i]``, taken in float32 (the precision the attacks and the net
     run in).
     """
     eps = _check_options(eps, bounds, attack, mip, mip_time_limit, batch_size)
+    if not isinstance(radii, bool):
+        raise ConfigError(f"radii must be True or False, got {radii!r}")
     if isinstance(mip_workers, bool) or not isinstance(mip_workers, int) or mip_workers < 1:
         raise ConfigError(f"mip_workers must be an integer >= 1, got {mip_workers!r}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -73,7 +78,7 @@ def certify(
                           f"{list(x.shape[1:])}")
     if int(y.max()) >= net.num_classes:
         raise ConfigError(f"y holds label {int(y.max())}, but the net has only {net.num_classes} classes")
-    options = CascadeOptions(tuple(bounds), attack, mip, float(mip_time_limit), str(device))
+    options = CascadeOptions(tuple(bounds), attack, mip, float(mip_time_limit), str(device), radii)
     timings: dict[str, float] = defaultdict(float)
     records: list[PointRecord] = []
     with MIPPool(mip_workers) as pool:

@@ -114,8 +114,10 @@ def certify_batch(
             start = time.perf_counter()
             _mip(mip_net, pool, x.cpu(), labels, undecided().nonzero().flatten(), radius_eps, p, options, st)
             timings["mip"] += time.perf_counter() - start
-        radii = (norm_radii(net64, mip_net, x, y, p, radius_eps, correct, regions[p].radius, st, options, timings)
-                 if options.radii else [None] * n)
+        radii = [None] * n
+        if options.radii:
+            radii = norm_radii(net64, mip_net, x, y, p, radius_eps, correct, regions[p].radius, st, options, timings,
+                               pool)
         for i in range(n):
             if st.proven[i]:
                 status = CERTIFIED

@@ -12,8 +12,10 @@ keep N cores busy while the GPU or the parent runs the other stages.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -70,10 +72,16 @@ class MIPPool:
 
     def solve_all(self, net64: ReLUNet, jobs: list[MIPJob]) -> list[MIPResult]:
         """The results of ``jobs``, in their order; ``net64`` must be a float64 net on the CPU."""
+        return self.map(solve, net64, jobs)
+
+    def map(self, fn: Callable[[ReLUNet, Any], Any], net64: ReLUNet, jobs: list) -> list:
+        """``[fn(net64, job) for job in jobs]``, in the workers when there are several; ``fn``
+        must be a module-level function and the jobs picklable (e.g. the radii stage's
+        :func:`mmru.certification.radii.mip_radius` on its ``RadiusJob`` s)."""
         if self.workers == 1 or len(jobs) <= 1:
-            return [solve(net64, job) for job in jobs]
+            return [fn(net64, job) for job in jobs]
         if self._executor is None:
             self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_init_worker)
-        futures = [self._executor.submit(solve, net64, job) for job in jobs]
+        futures = [self._executor.submit(fn, net64, job) for job in jobs]
         return [f.result() for f in futures]

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from mmru.attacks import adversarial_norm, check_adversarial
+from mmru.certification.mip_pool import MIPPool
 from mmru.models import ReLUNet
 from mmru.verify import certify as bound_certify
 from mmru.verify.bounds import hidden_bounds, input_ball, rounding_tolerance
@@ -142,12 +143,13 @@ def _certified(net64, x, y, p, method, eps: torch.Tensor, mask: torch.Tensor) ->
 
 
 def norm_radii(net64: ReLUNet, mip_net: ReLUNet, x: torch.Tensor, y: torch.Tensor, p: float, eps: float,
-               correct: torch.Tensor, region: torch.Tensor, st, options, timings: dict[str, float]) -> list[dict]:
+               correct: torch.Tensor, region: torch.Tensor, st, options, timings: dict[str, float],
+               pool: MIPPool | None = None) -> list[dict]:
     """Per point, {method: largest radius it proved} for one norm; updates the cascade's state
     ``st`` (certified radius and method, proven at eps, smallest counterexample).
 
     ``mip_net``: ``net64`` on the CPU, for the MIP (run when ``options.mip`` and p in {1, inf},
-    with ``options.mip_time_limit`` per point, in this process).
+    with ``options.mip_time_limit`` per point, in ``pool``'s workers; in this process when None).
     """
     n, cap = len(correct), CURVE_EXTENT * eps
     radii = [{"region": float(region[i])} if correct[i] else {} for i in range(n)]
@@ -169,7 +171,7 @@ def norm_radii(net64: ReLUNet, mip_net: ReLUNet, x: torch.Tensor, y: torch.Tenso
         jobs = [RadiusJob(xc[i : i + 1], int(y[i]), p, float(ceiling[i]), options.mip_time_limit) for i in idx]
         start = time.perf_counter()
         found = torch.zeros(n, dtype=torch.float64)
-        for i, outcome in zip(idx, (mip_radius(mip_net, job) for job in jobs)):
+        for i, outcome in zip(idx, (pool or MIPPool(1)).map(mip_radius, mip_net, jobs)):
             st.seconds[i] += outcome.seconds
             if outcome.radius is not None:
                 found[i] = outcome.radius
