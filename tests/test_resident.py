@@ -18,7 +18,6 @@ from mmru.data.datamodule import EpochSeededSampler
 from mmru.data.resident import ResidentBatches, stack_dataset
 from mmru.errors import ConfigError
 from mmru.finite_guard import FiniteGuard
-from mmru.regularizers.base import Regularizer
 from mmru.training import compose_train_config, train
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -85,28 +84,14 @@ def test_finite_guard_keeps_the_first_bad_step_and_its_loss():
     assert guard.due(1, last_of_epoch=True)
 
 
-class PoisonedLoss(Regularizer):
-    """Plain training whose loss turns NaN at the first step (batch 0) of the second epoch."""
-
-    def on_epoch_start(self, epoch, max_epochs):
-        self.epoch, self.steps = epoch, 0
-        return {}
-
-    def training_loss(self, net, x, y):
-        out = super().training_loss(net, x, y)
-        self.steps += 1
-        if (self.epoch, self.steps) == (1, 1):
-            out.loss = out.loss * math.nan
-        return out
-
-
 def test_deferred_guard_reads_every_n_steps_and_names_the_first_bad_step(tmp_path, monkeypatch, one_thread):
     reads = []
     first_bad = FiniteGuard.first_bad
     monkeypatch.setattr(FiniteGuard, "first_bad", lambda self: reads.append(1) or first_bad(self))
     cfg = compose_train_config([*SMALL, "datamodule.limit_train=64", "batch_size=16", "trainer.max_epochs=3",
                                 "trainer.check_finite_every_n_steps=3",
-                                f"regularizer._target_={__name__}.PoisonedLoss"], tmp_path)
+                                "regularizer._target_=test_validation.PoisonedLoss", "+regularizer.bad_step=1"],
+                               tmp_path)
     with pytest.raises(SystemExit) as exit_info, user_errors():
         train(cfg)
     last = tmp_path / "checkpoints" / "last.ckpt"

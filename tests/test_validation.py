@@ -144,7 +144,12 @@ def test_train_py_says_one_sentence_and_exits_1(tmp_path):
 # --- a diverging training -----------------------------------------------------------------------------
 
 class PoisonedLoss(Regularizer):
-    """Plain training whose loss turns NaN at the third step (batch 2) of the second epoch."""
+    """Plain training whose loss turns NaN at step ``bad_step`` (batch bad_step - 1) of the second
+    epoch (also used by tests/test_resident.py)."""
+
+    def __init__(self, bad_step: int = 3):
+        super().__init__()
+        self.bad_step = bad_step
 
     def on_epoch_start(self, epoch, max_epochs):
         self.epoch, self.steps = epoch, 0
@@ -153,7 +158,7 @@ class PoisonedLoss(Regularizer):
     def training_loss(self, net, x, y):
         out = super().training_loss(net, x, y)
         self.steps += 1
-        if (self.epoch, self.steps) == (1, 3):
+        if (self.epoch, self.steps) == (1, self.bad_step):
             out.loss = out.loss * math.nan
         return out
 
