@@ -56,7 +56,8 @@ def closest(values, k):
 
 def hand_universal(d1, dinf, y, lambda_1, lambda_inf, gamma_1, gamma_inf, k_b, weighting):
     """Eq (17) as the authors' code computes it: both hinges on the union of the k_B closest l1 and
-    the k_B closest l_inf region boundaries (/ k_B), both on the K - 1 signed d^D (/ (K - 1))."""
+    the k_B closest l_inf region boundaries (/ k_B), both on the K - 1 signed d^D, / K (their n_db,
+    per_norm) or / (K - 1) (eq 17 as printed, per_term)."""
     total = 0.0
     for i in range(len(y)):
         b1, binf = d1.boundary[i].tolist(), dinf.boundary[i].tolist()
@@ -64,8 +65,9 @@ def hand_universal(d1, dinf, y, lambda_1, lambda_inf, gamma_1, gamma_inf, k_b, w
         region_1 = sum(hinge(b1[j], gamma_1) for j in union) / k_b
         region_inf = sum(hinge(binf[j], gamma_inf) for j in union) / k_b
         others = [s for s in range(d1.decision.shape[1]) if s != y[i]]
-        decision_1 = sum(hinge(d1.decision[i, s].item(), gamma_1) for s in others) / len(others)
-        decision_inf = sum(hinge(dinf.decision[i, s].item(), gamma_inf) for s in others) / len(others)
+        n_db = len(others) + 1 if weighting == "per_norm" else len(others)
+        decision_1 = sum(hinge(d1.decision[i, s].item(), gamma_1) for s in others) / n_db
+        decision_inf = sum(hinge(dinf.decision[i, s].item(), gamma_inf) for s in others) / n_db
         if weighting == "per_norm":
             total += lambda_1 * (region_1 + decision_1) + lambda_inf * (region_inf + decision_inf)
         else:
@@ -139,6 +141,23 @@ def test_k_b_selection_uses_exactly_the_closest_units(monkeypatch):
     union = {1, 5, 3} | {2, 4, 0}  # l1: 0.1, 0.2, 0.3; l_inf: 0.01, 0.02, 0.05
     for p in (1.0, INF):
         assert set(dist[p].boundary.grad[0].nonzero().flatten().tolist()) == union
+
+
+@pytest.mark.parametrize("weighting, expected", [
+    # l1 hinges at gamma_1 = 1: 1 - 0.5 = 0.5 and 1 + 0.5 = 1.5 (sum 2); l_inf hinges at gamma_inf = 0.1:
+    # 1 - 0.25 / 0.1 = 0 and 1 - 0.05 / 0.1 = 0.5 (sum 0.5); the region hinges are all 0 (d^B >> gamma)
+    ("per_norm", 3.0 * 2.0 / 3 + 12.0 * 0.5 / 3),  # the authors' code: each norm's sum / K, K = 3
+    ("per_term", 12.0 * (2.0 + 0.5) / 2),  # eq (17) as printed: lambda_inf on the decision term / (K - 1)
+])
+def test_universal_decision_divisor_is_k_for_the_authors_code_and_k_minus_1_for_eq_17(monkeypatch, weighting,
+                                                                                       expected):
+    dist = {1.0: RegionDistances(1.0, torch.full((1, 4), 50.0), torch.tensor([[INF, 0.5, -0.5]])),
+            INF: RegionDistances(INF, torch.full((1, 4), 50.0), torch.tensor([[INF, 0.25, 0.05]]))}
+    monkeypatch.setattr(universal_module, "distances_for", lambda *args: dist)
+    reg = MMRUniversal(3.0, 12.0, 1.0, 0.1, k_b_start=0.5, weighting=weighting)
+    penalty, logs = reg.penalty(None, None, torch.tensor([0]))
+    assert penalty.item() == pytest.approx(expected, rel=1e-12)
+    assert logs["reg_boundary_l1"].item() == 0.0
 
 
 def step_against_gradient(net, reg, x, y, size=1e-4):
