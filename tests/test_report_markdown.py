@@ -17,6 +17,11 @@ def test_only_the_full_recipe_is_the_papers():
     assert shortened(recipe_of(_summary(points=200))) == ["200 of 1000 points"]
     assert shortened(recipe_of(_summary(mip_limit=10.0))) == ["MIP 10.0 s of 120 s"]
     assert shortened(recipe_of(_summary(mip=False))) == ["MIP 0.0 s of 120 s"]
+    # a fine-tune names its start, whatever its epochs
+    tuned = _summary(epochs=100)
+    tuned["run"]["init_from"] = {"path": "/zoo/mmr_univ_mnist.mat", "md5": "ebe4"}
+    assert shortened(recipe_of(tuned)) == ["fine-tuned from mmr_univ_mnist.mat for 100 epochs"]
+    assert "fine-tuned from mmr_univ_mnist.mat (md5 ebe4), full data" in describe(recipe_of(tuned))
     # a summary without a recipe (older runs) is never taken for the paper's setting
     bare = recipe_of({"run": {"dataset": "mnist", "seed": 0}, "n_points": 1000})
     assert "? of 100 epochs" in shortened(bare)

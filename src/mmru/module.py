@@ -27,7 +27,8 @@ class RobustClassifier(L.LightningModule):
     """Trains ``net`` on the objective of ``regularizer`` (plain CE, MMR, AT, KW, ...).
 
     Adam with ``lr``; the learning rate drops by 10x for the last ``lr_drop_fraction`` of the
-    epochs (the paper: last 10 of 100). ``net_config`` is the plain-dict recipe of the net
+    epochs (the paper: last 10 of 100; 0: no drop, for a fine-tune that starts at the final learning
+    rate). ``net_config`` is the plain-dict recipe of the net
     (builder target and arguments); it is stored in the checkpoint so that ``certify.py``
     can rebuild the net from the checkpoint alone.
 
@@ -90,6 +91,11 @@ class RobustClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._train_seconds_before = float(checkpoint.get("train_seconds", 0.0))
+        # a killed fine-tune resumes with ckpt_path= alone: its record of init_from stays in the recipe
+        earlier = (checkpoint.get("hyper_parameters") or {}).get("run_config") or {}
+        run_config = self.hparams.get("run_config")
+        if earlier.get("init_from") and isinstance(run_config, dict) and not run_config.get("init_from"):
+            run_config["init_from"] = earlier["init_from"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

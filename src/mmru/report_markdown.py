@@ -2,7 +2,8 @@
 
 A row is at the paper's recipe only when it was trained on the full dataset for the paper's
 100 epochs and certified on 1000 test points with a 120 s MIP limit (Sec. 5 of the paper);
-anything less is labelled *shortened*, with what was cut.
+anything less is labelled *shortened*, with what was cut; so is a fine-tune (``init_from``), which
+names the file it started from and its md5.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ SUBSETS = {"mnist5k": "5000-image MNIST subset"}
 
 
 def recipe_of(summary: dict) -> dict:
-    """What produced one summary: data, epochs, seed, points, MIP limit, hardware, times, commit."""
+    """What produced one summary: data, start (init_from), epochs, seed, points, MIP limit, hardware, times,
+    commit."""
     run, recipe = summary.get("run", {}), summary.get("recipe", {})
     return {
+        "init_from": run.get("init_from"),
         "data": SUBSETS.get(run.get("dataset"), "full" if run.get("dataset") else "?"),
         "epochs": recipe.get("epochs"),
         "seed": run.get("seed"),
@@ -38,7 +41,9 @@ def shortened(recipe: dict) -> list[str]:
     cuts = []
     if recipe["data"] != "full":
         cuts.append(f"data: {recipe['data']}")
-    if recipe["epochs"] is None or recipe["epochs"] < PAPER_EPOCHS:
+    if recipe.get("init_from"):
+        cuts.append(f"fine-tuned from {Path(recipe['init_from']['path']).name} for {recipe['epochs'] or '?'} epochs")
+    elif recipe["epochs"] is None or recipe["epochs"] < PAPER_EPOCHS:
         cuts.append(f"{recipe['epochs'] or '?'} of {PAPER_EPOCHS} epochs")
     if recipe["points"] is None or recipe["points"] < PAPER_POINTS:
         cuts.append(f"{recipe['points'] or '?'} of {PAPER_POINTS} points")
@@ -51,7 +56,9 @@ def shortened(recipe: dict) -> list[str]:
 def describe(recipe: dict) -> str:
     cuts = shortened(recipe)
     status = "paper's recipe" if not cuts else "SHORTENED (" + "; ".join(cuts) + ")"
-    parts = [f"{recipe['data']} data", f"{recipe['epochs']} epochs", f"seed {recipe['seed']}",
+    start = recipe.get("init_from")
+    parts = [f"fine-tuned from {Path(start['path']).name} (md5 {start['md5']})"] if start else []
+    parts += [f"{recipe['data']} data", f"{recipe['epochs']} epochs", f"seed {recipe['seed']}",
              f"{recipe['points']} points", f"MIP {recipe['mip_seconds']} s/point", f"attack {recipe['attack']}",
              f"{recipe['hardware']}", f"train {recipe['train_minutes']} min", f"certify {recipe['certify_minutes']} min",
              f"commit {recipe['commit']}"]

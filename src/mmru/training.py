@@ -7,10 +7,13 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mmru.console import quiet_lightning
 from mmru.data import RobustDataModule
 from mmru.errors import ConfigError, TrainingDiverged
+from mmru.init_weights import InitWeights, read_init_weights
 from mmru.module import RobustClassifier
 from mmru.validation import validate_certify_config, validate_train_config
 
@@ -53,6 +56,9 @@ def validate_config(cfg: DictConfig) -> None:
     surface only after the training; and the combinations resident data cannot serve.
     """
     validate_train_config(cfg)
+    if cfg.get("init_from") is not None and cfg.get("ckpt_path") is not None:
+        raise ConfigError("init_from= starts a new run from a file's weights and ckpt_path= resumes a killed run "
+                          "exactly: give one of them, not both.")
     if cfg.certify_after_training:
         from hydra.errors import HydraException
 
@@ -83,9 +89,20 @@ def net_recipe(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
-def build_module(cfg: DictConfig) -> RobustClassifier:
+def initial_weights(cfg: DictConfig) -> InitWeights | None:
+    """The weights of ``init_from`` (None without it), checked against the configured model."""
+    if cfg.get("init_from") is None:
+        return None
+    model_name = str(cfg.model._target_).rsplit(".", 1)[-1]  # the builder: cnn_small, mlp
+    return read_init_weights(cfg.init_from, hydra.utils.instantiate(net_recipe(cfg)), model_name, cfg.get("arch"))
+
+
+def build_module(cfg: DictConfig, init: InitWeights | None = None) -> RobustClassifier:
+    """The LightningModule of the config; its net starts from ``init``'s weights when given."""
     recipe = net_recipe(cfg)
     net = hydra.utils.instantiate(recipe)
+    if init is not None:
+        net.load_state_dict(init.state)
     regularizer = hydra.utils.instantiate(cfg.regularizer)
     run_config = {
         "dataset": cfg.dataset.name,
@@ -94,9 +111,11 @@ def build_module(cfg: DictConfig) -> RobustClassifier:
         "seed": cfg.seed,
         "val_fraction": cfg.dataset.val_fraction,
         "selected_on": cfg.get("selected_on"),
+        "init_from": init.record() if init is not None else None,
     }
     speed = {key: cfg.trainer[key] for key in SPEED_OPTIONS[1:] if key in cfg.trainer}
-    return RobustClassifier(net, regularizer, lr=cfg.lr, net_config=recipe, run_config=run_config, **speed)
+    return RobustClassifier(net, regularizer, lr=cfg.lr, lr_drop_fraction=cfg.get("lr_drop_fraction", 0.1),
+                            net_config=recipe, run_config=run_config, **speed)
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
@@ -118,23 +137,32 @@ def build_callbacks(cfg: DictConfig, has_validation: bool) -> list[L.Callback]:
     return callbacks
 
 
-def build_loggers(cfg: DictConfig) -> list:
+def build_loggers(cfg: DictConfig, init: InitWeights | None = None) -> list:
+    """The loggers of the config, each holding the resolved config (``init_from`` with its md5)."""
     loggers = [hydra.utils.instantiate(conf) for conf in (cfg.get("logger") or {}).values() if conf is not None]
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    if init is not None:
+        hparams["init_from"] = init.record()
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(hparams)
     return loggers
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best (or last) checkpoint; returns the final metrics."""
+    quiet_lightning()
     validate_config(cfg)
+    init = initial_weights(cfg)
+    if init is not None:
+        rank_zero_info(f"init_from: the weights of {init.path} (md5 {init.md5}); optimizer, schedules and "
+                       "epochs start fresh")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.check_sample_shape()
-    module = build_module(cfg)
-    loggers = build_loggers(cfg)
+    module = build_module(cfg, init)
+    loggers = build_loggers(cfg, init)
     callbacks = build_callbacks(cfg, datamodule.has_validation)
     # Without a held-out split there is nothing to validate on (and the test set must not be).
     no_val = {} if datamodule.has_validation else {"limit_val_batches": 0}

@@ -82,6 +82,7 @@ BELOW_ONE = Check("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1)
 POSITIVE_INT = Check("an integer >= 1", lambda v: _integer(v) and v >= 1)
 NON_NEGATIVE_INT = Check("an integer >= 0", lambda v: _integer(v) and v >= 0)
 BOOL = Check("true or false", lambda v: isinstance(v, bool))
+TEXT = Check("a non-empty string", lambda v: isinstance(v, str) and v != "")
 #: the norms attacks and bound propagation support
 NORM_INDEX = Check("1, 2 or inf", lambda v: _norm_index(v) in (1.0, 2.0, math.inf))
 #: the region geometry (eqs 14, 15) works for every l_p norm, p >= 1
@@ -108,7 +109,7 @@ _UNIVERSAL = {
 }
 # The radii, and the warm-up and ramp (in epochs, fractional) of the eps and kappa schedules of IBP training.
 _IBP = {"eps": RADII_BY_NORM, "warmup_epochs": NON_NEGATIVE, "ramp_epochs": NON_NEGATIVE, "kappa_start": UNIT,
-        "kappa_end": UNIT}
+        "kappa_end": UNIT, "eps_factor_start": UNIT}
 
 #: the options of every training scheme, by the ``_target_`` its config names
 REGULARIZER_OPTIONS: dict[str, dict[str, Check]] = {
@@ -133,6 +134,9 @@ REGULARIZER_OPTIONS: dict[str, dict[str, Check]] = {
 TRAIN_OPTIONS: dict[str, Check] = {
     "seed": NON_NEGATIVE_INT,
     "lr": POSITIVE,
+    "lr_drop_fraction": BELOW_ONE,
+    "init_from": optional(TEXT),
+    "arch": optional(TEXT),
     "batch_size": POSITIVE_INT,
     "certify_after_training": BOOL,
     **{f"dataset.eps.{name}": POSITIVE for name in NORM_NAMES},

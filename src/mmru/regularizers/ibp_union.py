@@ -73,7 +73,9 @@ class IBPUnion(Regularizer):
     training) for ``warmup_epochs``, then eps_factor ramps linearly from 0 to 1 over
     ``ramp_epochs`` while kappa falls linearly from ``kappa_start`` = 1 to ``kappa_end`` = 0.5.
     Both move every step (``on_step_start``), on fractional epochs. Before any schedule call
-    the ramp is over (full radii, kappa_end).
+    the ramp is over (full radii, kappa_end). A fine-tune starts either ramp where it needs:
+    ``eps_factor_start`` (default 0) is the radii's factor during the warm-up and at the ramp's
+    start; ``warmup_epochs=0 ramp_epochs=0`` is the end of the ramps from the first step.
 
     Logged: ``ce_clean``, ``robust_ce``, ``robust_error`` (fraction of the batch that is
     misclassified or has a margin bound <= 0 in some norm at the current radii),
@@ -83,18 +85,19 @@ class IBPUnion(Regularizer):
     name = "ibp_union"
 
     def __init__(self, eps: dict[str, float], warmup_epochs: float = 1.0, ramp_epochs: float = 10.0,
-                 kappa_start: float = 1.0, kappa_end: float = 0.5):
+                 kappa_start: float = 1.0, kappa_end: float = 0.5, eps_factor_start: float = 0.0):
         eps = {str(k): float(v) for k, v in dict(eps).items()}
         if set(eps) != set(UNION_NORMS):
             raise ValueError(f"eps needs a radius for each of l1, l2, linf, got {sorted(eps)}")
         if not all(0 < r < math.inf for r in eps.values()):
             raise ValueError(f"every radius must be positive and finite, got {eps}")
-        if not (0 <= kappa_start <= 1 and 0 <= kappa_end <= 1):
-            raise ValueError(f"kappa_start and kappa_end must lie in [0, 1], got {kappa_start}, {kappa_end}")
+        if not (0 <= kappa_start <= 1 and 0 <= kappa_end <= 1 and 0 <= eps_factor_start <= 1):
+            raise ValueError(f"kappa_start, kappa_end and eps_factor_start must lie in [0, 1], got {kappa_start}, "
+                             f"{kappa_end}, {eps_factor_start}")
         if not (warmup_epochs >= 0 and ramp_epochs >= 0):
             raise ValueError(f"warmup_epochs and ramp_epochs must be >= 0, got {warmup_epochs}, {ramp_epochs}")
         self.eps = eps
-        self.eps_ramp = LinearRamp(0.0, 1.0, warmup_epochs, ramp_epochs)
+        self.eps_ramp = LinearRamp(eps_factor_start, 1.0, warmup_epochs, ramp_epochs)
         self.kappa_ramp = LinearRamp(kappa_start, kappa_end, warmup_epochs, ramp_epochs)
         self.progress = math.inf
 
@@ -148,8 +151,9 @@ class CROWNIBPUnion(IBPUnion):
     name = "crown_ibp_union"
 
     def __init__(self, eps: dict[str, float], warmup_epochs: float = 1.0, ramp_epochs: float = 10.0,
-                 kappa_start: float = 1.0, kappa_end: float = 0.5, beta_start: float = 1.0, beta_end: float = 0.0):
-        super().__init__(eps, warmup_epochs, ramp_epochs, kappa_start, kappa_end)
+                 kappa_start: float = 1.0, kappa_end: float = 0.5, beta_start: float = 1.0, beta_end: float = 0.0,
+                 eps_factor_start: float = 0.0):
+        super().__init__(eps, warmup_epochs, ramp_epochs, kappa_start, kappa_end, eps_factor_start)
         if not (0 <= beta_start <= 1 and 0 <= beta_end <= 1):
             raise ValueError(f"beta_start and beta_end must lie in [0, 1], got {beta_start}, {beta_end}")
         self.beta_ramp = LinearRamp(beta_start, beta_end, warmup_epochs, ramp_epochs)

@@ -40,10 +40,11 @@ class UniversalIBP(MMRUniversal):
         ramp_epochs: float = 10.0,
         kappa_start: float = 1.0,
         kappa_end: float = 0.5,
+        eps_factor_start: float = 0.0,
     ):
         super().__init__(lambda_1, lambda_inf, gamma_1, gamma_inf, k_b_start, k_b_end, lambda_warmup_epochs,
                          weighting, geometry)
-        self.ibp = IBPUnion(eps, warmup_epochs, ramp_epochs, kappa_start, kappa_end)
+        self.ibp = IBPUnion(eps, warmup_epochs, ramp_epochs, kappa_start, kappa_end, eps_factor_start)
 
     def on_epoch_start(self, epoch: int, max_epochs: int) -> dict[str, float]:
         return {**super().on_epoch_start(epoch, max_epochs), **self.ibp.on_epoch_start(epoch, max_epochs)}
