@@ -5,13 +5,16 @@
     python certify.py -m ckpt=... shard=0,1,2,3 num_shards=4
     python certify.py ckpt=... dataset=fmnist              # another dataset of the same input shape
     python certify.py model_file=net.onnx dataset=mnist   # a model trained elsewhere
+    python certify.py model_file=zoo/croce-hein-2020/mmr_univ_mnist.mat dataset=mnist   # the paper's own
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from mmru.certification.runner import run_certification
-from mmru.cli import user_errors
+from mmru.cli import refuse_model_group_override, user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="certify")
@@ -22,4 +25,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    refuse_model_group_override(sys.argv[1:])
     main()

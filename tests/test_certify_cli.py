@@ -129,6 +129,8 @@ def test_changed_eps_does_not_mix_with_old_records(checkpoint, tmp_path):
 @pytest.mark.parametrize("args,expected", [
     (["ckpt=/nonexistent.ckpt"], "error: checkpoint /nonexistent.ckpt does not exist"),
     ([], "error: give the checkpoint to certify"),
+    (["ckpt=zoo/net.mat"], "error: zoo/net.mat is a model file, not a train.py checkpoint: give it as model_file="),
+    (["model_file=runs/last.ckpt", "dataset=mnist"], "error: runs/last.ckpt is a train.py checkpoint: give it as ckpt="),
 ])
 def test_bad_input_is_one_sentence(args, expected):
     # certify.py's main is run_certification inside user_errors (tests/test_validation.py runs the script)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from mmru.errors import UserError
 
@@ -15,3 +15,13 @@ def user_errors() -> Iterator[None]:
         yield
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def refuse_model_group_override(argv: Sequence[str]) -> None:
+    """``certify.py model=<path>``: ``model`` is train.py's architecture group, so Hydra would fail on
+    it with a message about defaults lists; exit with one sentence naming ``model_file=`` instead."""
+    for arg in argv:
+        if arg.startswith(("model=", "+model=", "++model=")):
+            path = arg.partition("=")[2]
+            raise SystemExit(f"error: certify.py reads a model file from model_file= (model= is train.py's "
+                             f"architecture group): python certify.py model_file={path} dataset=<name>")

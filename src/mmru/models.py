@@ -30,8 +30,9 @@ class ReLUNet(nn.Module):
                 raise TypeError(f"ReLUNet takes only Conv2d / Linear layers, got {type(layer).__name__}")
         self.layers = nn.ModuleList(layers)
         self.input_shape = tuple(int(s) for s in input_shape)
+        probe = torch.zeros(1, *self.input_shape, dtype=self.layers[0].weight.dtype)
         with torch.no_grad():
-            shapes = [tuple(z.shape[1:]) for z in self.preactivations(torch.zeros(1, *self.input_shape))]
+            shapes = [tuple(z.shape[1:]) for z in self.preactivations(probe)]
         #: shape (without batch) of every layer's pre-activation, logits last
         self.layer_shapes: list[tuple[int, ...]] = shapes
         self.num_classes = int(shapes[-1][0])

@@ -40,7 +40,7 @@ def certify(
     mip_time_limit: float = 120.0, batch_size: int = 100, device: str = "cpu", mip_workers: int = 1,
     radii: bool = False,
 ) -> Certification:
-    """Certify ``net`` (a ReLUNet, a PyTorch classifier or the path of an ONNX file) at the
+    """Certify ``net`` (a ReLUNet, a PyTorch classifier, the path of an ONNX file or of a published .mat) at the
     points ``x`` (inputs in [0, 1]) with labels ``y``.
 
     ``eps``: radius per norm, e.g. ``{"l1": 1.0, "l2": 0.3, "linf": 0.1}``, in input space (a

@@ -54,9 +54,10 @@ def test_error(net: ReLUNet, dataset, batch_size: int = 500) -> float:
 
 def run_certification(cfg: DictConfig) -> dict:
     """Certify the first ``cfg.n_points`` points of ``cfg.split``; every option is checked first."""
+    _check_model_keys(cfg)
     if cfg.ckpt is None and cfg.get("model_file") is None:
         raise UserError("give the checkpoint to certify: python certify.py ckpt=<path to .ckpt>, or a model from "
-                        "elsewhere: model_file=<file.onnx, or file.pt with arch=package.module:builder> dataset=<name>")
+                        "elsewhere: model_file=<file.onnx or .mat, or file.pt with arch=package.module:builder> dataset=<name>")
     validate_certify_config(cfg)
     device = _device(cfg.device)
     net, run = _load_net(cfg)
@@ -100,6 +101,19 @@ def run_certification(cfg: DictConfig) -> dict:
     write_outputs(summary, out_dir, cfg)
     print_row(summary)
     return summary
+
+
+#: file types of models trained elsewhere (model_file=); train.py's checkpoints end in .ckpt (ckpt=)
+MODEL_FILE_SUFFIXES = (".onnx", ".mat", ".pt", ".pth")
+
+
+def _check_model_keys(cfg: DictConfig) -> None:
+    """A model file given to the wrong key gets one sentence naming the right one."""
+    if cfg.ckpt is not None and Path(str(cfg.ckpt)).suffix.lower() in MODEL_FILE_SUFFIXES:
+        raise UserError(f"{cfg.ckpt} is a model file, not a train.py checkpoint: give it as model_file={cfg.ckpt} "
+                        "dataset=<name>")
+    if cfg.get("model_file") is not None and Path(str(cfg.model_file)).suffix.lower() == ".ckpt":
+        raise UserError(f"{cfg.model_file} is a train.py checkpoint: give it as ckpt={cfg.model_file}")
 
 
 def _load_net(cfg: DictConfig) -> tuple[ReLUNet, dict]:

@@ -1,5 +1,6 @@
-"""A model file written elsewhere -> ReLUNet: an ONNX file, or a PyTorch state dict plus the
-builder of its architecture (``package.module:function``), loaded without running pickled code."""
+"""A model file written elsewhere -> ReLUNet: an ONNX file, the authors' published ``.mat`` files, or a
+PyTorch state dict plus the builder of its architecture (``package.module:function``), loaded without
+running pickled code."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmru.convert.from_mat import from_mat
 from mmru.convert.from_onnx import from_onnx
 from mmru.convert.from_torch import from_torch
 from mmru.convert.ops import ConversionError, first_line
@@ -21,7 +23,8 @@ from mmru.models import ReLUNet
 def load_model(path: str | Path, arch: str | Callable[[], nn.Module] | None = None,
                input_shape: Sequence[int] | None = None) -> ReLUNet:
     """``path`` ending in .onnx: :func:`from_onnx` (``input_shape``: that of the images to
-    certify, when the file takes them flattened). Otherwise a state dict: ``arch()`` builds the
+    certify, when the file takes them flattened). Ending in .mat: :func:`from_mat` (Croce & Hein's
+    published TensorFlow LeNetSmall files, on images of ``input_shape``). Otherwise a state dict: ``arch()`` builds the
     module (``arch`` a callable or ``"package.module:builder"``), the weights are read with
     ``torch.load(weights_only=True)`` (tensors and plain data only, so a tampered file cannot
     run code) and the module is converted with :func:`from_torch` on ``input_shape``."""
@@ -30,6 +33,8 @@ def load_model(path: str | Path, arch: str | Callable[[], nn.Module] | None = No
         raise ConversionError(f"model file {path} does not exist")
     if path.suffix.lower() == ".onnx":
         return from_onnx(path, input_shape=input_shape)
+    if path.suffix.lower() == ".mat":
+        return from_mat(path, input_shape=input_shape)
     if arch is None or input_shape is None:
         raise ConversionError(f"{path} is a PyTorch state dict: give the builder of its architecture "
                               "(arch=package.module:function) and the input shape")
