@@ -63,3 +63,19 @@ def test_validation_split_is_stratified_disjoint_and_seeded(name):
     assert not set(dm.train_set.indices) & set(dm.val_set.indices)
     again = _module(name, val_fraction=0.1)
     assert list(again.val_set.indices) == list(dm.val_set.indices)
+
+
+@pytest.mark.slow
+def test_a_1e_12_step_from_the_published_mnist_model_keeps_its_test_error(tmp_path):
+    """train.py init_from=<the authors' MNIST .mat>, one MMR-Universal step at lr 1e-12 (the fine-tune
+    config): the checkpoint's error on the full official test set is the published 3.04 %."""
+    from mmru.training import compose_train_config, train
+
+    _module("mnist")  # skips without the files
+    mat = ROOT / "zoo" / "croce-hein-2020" / "mmr_univ_mnist.mat"
+    cfg = compose_train_config(["experiment=finetune/mnist_universal", f"init_from={mat}", f"paths.data_dir={DATA}",
+                                "datamodule.download=false", "logger=none", "lr=1e-12", "trainer.max_epochs=1",
+                                "+trainer.limit_train_batches=1", "trainer.enable_progress_bar=false",
+                                "trainer.enable_model_summary=false", "certify_after_training=false"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["test/error"] == pytest.approx(0.0304, abs=1e-6)  # 304 of the 10000 test images (float32)
