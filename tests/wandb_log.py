@@ -20,17 +20,26 @@ def offline_history(run_file: Path, timeout: float = 120.0) -> dict[str, list[st
     wandb's writer process may still be writing the log after ``finish()`` returned (seen on
     a loaded machine: an empty log right after the run): wait for the run's exit record.
     """
+    return _wait_for_exit(run_file, timeout)[0]
+
+
+def offline_config(run_file: Path, timeout: float = 120.0) -> dict[str, str]:
+    """The run's config: each top-level key's last value, as JSON text."""
+    return _wait_for_exit(run_file, timeout)[1]
+
+
+def _wait_for_exit(run_file: Path, timeout: float) -> tuple[dict[str, list[str]], dict[str, str]]:
     deadline = time.monotonic() + timeout
     while True:
-        history, finished = _read(Path(run_file).read_bytes())
+        history, config, finished = _read(Path(run_file).read_bytes())
         if finished or time.monotonic() > deadline:
-            return history
+            return history, config
         time.sleep(0.2)
 
 
-def _read(data: bytes) -> tuple[dict[str, list[str]], bool]:
-    """(history, whether the exit record is there) of a transaction log's bytes."""
-    pos, pending, history, finished = 7, b"", {}, False  # 7: the file header ":W&B" + version
+def _read(data: bytes) -> tuple[dict[str, list[str]], dict[str, str], bool]:
+    """(history, config, whether the exit record is there) of a transaction log's bytes."""
+    pos, pending, history, config, finished = 7, b"", {}, {}, False  # 7: the file header ":W&B" + version
     while pos + 7 <= len(data):
         if BLOCK - pos % BLOCK < 7:  # the tail of a block too short for a header is padding
             pos += BLOCK - pos % BLOCK
@@ -49,4 +58,6 @@ def _read(data: bytes) -> tuple[dict[str, list[str]], bool]:
             if kind_name == "history":
                 for item in record.history.item:
                     history.setdefault(item.key or "/".join(item.nested_key), []).append(item.value_json)
-    return history, finished
+            if kind_name == "config":
+                config.update({item.key or "/".join(item.nested_key): item.value_json for item in record.config.update})
+    return history, config, finished

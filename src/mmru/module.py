@@ -23,6 +23,12 @@ from mmru.models import ReLUNet
 from mmru.regularizers.base import Regularizer, TrainingLoss
 
 
+def lr_drop_epoch(max_epochs: int, drop_fraction: float) -> int:
+    """The 0-based epoch from which the learning rate is divided by 10: the last ``drop_fraction`` of
+    ``max_epochs`` (rounded), never the first epoch; ``max_epochs`` itself (no drop) for fraction 0."""
+    return max(1, int(round(max_epochs * (1 - drop_fraction))))
+
+
 class RobustClassifier(L.LightningModule):
     """Trains ``net`` on the objective of ``regularizer`` (plain CE, MMR, AT, KW, ...).
 
@@ -167,7 +173,6 @@ class RobustClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
-        epochs = self.trainer.max_epochs
-        drop_at = max(1, int(round(epochs * (1 - self.hparams.lr_drop_fraction))))
+        drop_at = lr_drop_epoch(self.trainer.max_epochs, self.hparams.lr_drop_fraction)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[drop_at], gamma=0.1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
