@@ -59,9 +59,9 @@ def describe(recipe: dict) -> str:
     start = recipe.get("init_from")
     parts = [f"fine-tuned from {Path(start['path']).name} (md5 {start['md5']})"] if start else []
     parts += [f"{recipe['data']} data", f"{recipe['epochs']} epochs", f"seed {recipe['seed']}",
-             f"{recipe['points']} points", f"MIP {recipe['mip_seconds']} s/point", f"attack {recipe['attack']}",
-             f"{recipe['hardware']}", f"train {recipe['train_minutes']} min", f"certify {recipe['certify_minutes']} min",
-             f"commit {recipe['commit']}"]
+              f"{recipe['points']} points", f"MIP {recipe['mip_seconds']} s/point", f"attack {recipe['attack']}",
+              f"{recipe['hardware']}", f"train {recipe['train_minutes']} min",
+              f"certify {recipe['certify_minutes']} min", f"commit {recipe['commit']}"]
     return f"{status}: " + ", ".join(parts)
 
 
