@@ -30,6 +30,7 @@ def recipe_of(summary: dict) -> dict:
         "train_minutes": _minutes(recipe.get("train_seconds")),
         "certify_minutes": _minutes(recipe.get("certify_seconds")),
         "commit": recipe.get("commit"),
+        "source": recipe.get("source") or run.get("source"),
     }
 
 
@@ -55,6 +56,8 @@ def describe(recipe: dict) -> str:
              f"{recipe['points']} points", f"MIP {recipe['mip_seconds']} s/point", f"attack {recipe['attack']}",
              f"{recipe['hardware']}", f"train {recipe['train_minutes']} min", f"certify {recipe['certify_minutes']} min",
              f"commit {recipe['commit']}"]
+    if recipe.get("source"):  # trained elsewhere: the certification is ours, the training the source's
+        parts = [f"published network ({recipe['source']})", *parts[:2], *parts[3:7], *parts[8:]]
     return f"{status}: " + ", ".join(parts)
 
 
