@@ -169,3 +169,22 @@ def test_exact_comparison_catches_radii_beyond_the_exact_distance():
         target.adversarial_norm = 0.99 * exact.lower  # a counterexample 1% too close
         _, found = exact_check(net, x, y, position, [target], p)
         assert {v["kind"] for v in found} == {"radius_above_exact", "counterexample_below_exact"}
+
+
+def test_a_certified_model_file_is_audited_and_must_be_the_same_file(tmp_path):
+    """A certification of a model from elsewhere (here the published MNIST network, on mnist5k's test
+    points) is audited from its model file; another file under that name is refused."""
+    from pathlib import Path
+
+    zoo = Path(__file__).resolve().parents[1] / "zoo" / "croce-hein-2020"
+    model = tmp_path / "mmr_univ_mnist.mat"
+    shutil.copy(zoo / "mmr_univ_mnist.mat", model)
+    out = tmp_path / "certify"
+    run_certification(compose_config("certify", [f"model_file={model}", "dataset=mnist5k", f"out_dir={out}",
+                                                 "n_points=4", "bounds=[crown]", "attack=none", "mip=false",
+                                                 "wandb.enabled=false", "progress=false"]))
+    result = run_audit(out, AuditOptions(**CHEAP))
+    assert result["ok"] and result["violations"] == []
+    shutil.copy(zoo / "mmr_univ_fmnist.mat", model)
+    with pytest.raises(Exception, match="is not the model file the run certified"):
+        run_audit(out, AuditOptions(**CHEAP))

@@ -78,6 +78,25 @@ def test_killed_run_resumes_its_complete_points_byte_for_byte(checkpoint, tmp_pa
     assert len(keys) == len(set(keys)) == 36 and {i for i, _ in keys} == set(range(12))
 
 
+def test_retry_undecided_reruns_exactly_the_undecided_points_with_the_new_options(checkpoint, tmp_path,
+                                                                                 certified_points):
+    """A first pass without bounds leaves points undecided; retry_undecided=true with CROWN redoes those
+    points (all their norms) and nothing else, and the result is that of one run with CROWN."""
+    certify(checkpoint, tmp_path / "two", "attack=none", "bounds=[]")
+    first = load_records(tmp_path / "two" / "points.jsonl")
+    undecided = sorted({r.index for r in first if r.status == "undecided"})
+    assert 0 < len(undecided) < 12
+    certified_points.clear()
+    certify(checkpoint, tmp_path / "two", "attack=none", "bounds=[crown]", "retry_undecided=true")
+    assert [i for i, _ in certified_points] == undecided
+    certify(checkpoint, tmp_path / "one", "attack=none", "bounds=[crown]")
+    status = lambda d: {(r.index, r.norm): r.status for r in load_records(tmp_path / d / "points.jsonl")}  # noqa: E731
+    assert status("two") == status("one")
+    certified_points.clear()
+    certify(checkpoint, tmp_path / "two", "attack=none", "bounds=[crown]")  # without the flag: all kept
+    assert certified_points == []
+
+
 def test_validation_split_is_certified_on_the_held_out_training_points(checkpoint, tmp_path, certified_points):
     """split=val certifies the points training held out (same fraction and seed), not test points."""
     summary = certify(checkpoint, tmp_path / "val", "split=val", "attack=none")

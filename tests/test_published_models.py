@@ -152,3 +152,16 @@ def test_the_published_model_certifies_through_the_api():
     result = mmru.certify(str(ZOO / "mmr_univ_mnist.mat"), x, y, eps={"linf": 0.1}, bounds=["crown"], attack="none",
                           mip=False)
     assert [r.index for r in result.records] == [0, 1, 2, 3] and result.summary["test_error"] == 0.0
+
+
+def test_the_shipped_files_are_the_published_ones_and_are_recognised():
+    from mmru.provenance import file_md5
+    from mmru.zoo import PUBLISHED, model_file_run
+
+    assert {file_md5(ZOO / p.file): p.file for p in PUBLISHED.values()} == {m: p.file for m, p in PUBLISHED.items()}
+    run = model_file_run(ZOO / "mmr_univ_fmnist.mat", "fmnist", {"linf": 0.1})
+    assert (run["regularizer"], run["epochs"], run["model_md5"]) == ("universal", 100, "ab36cbedb39b2eca6beb29fa9abe0f3a")
+    assert run["source"].endswith("mmr_univ_fmnist.mat")
+    # on another dataset it is just a model file: no claim about the paper's row
+    other = model_file_run(ZOO / "mmr_univ_fmnist.mat", "mnist", {"linf": 0.1})
+    assert other["regularizer"] == "mmr_univ_fmnist.mat" and "source" not in other

@@ -77,6 +77,23 @@ def test_seeds_are_averaged(tmp_path):
     assert row.seeds == "0,1" and row.ours["te"] == pytest.approx(3.0)
 
 
+def test_a_published_network_has_its_own_row_beside_the_papers(tmp_path):
+    """Never averaged with our own runs of the scheme; compared with the same paper row; named so."""
+    write_summary(tmp_path / "ours", "mnist", "universal", 0, 0.07, (0.1, 0.1, 0.2), (0.2, 0.2, 0.25))
+    source = "Croce & Hein 2020, github.com/fra31/mmr-universal@3eba567, mmr_univ_mnist.mat"
+    write_summary(tmp_path / "published", "mnist", "universal", None, 0.0304, (0.06, 0.06, 0.124),
+                  (0.15, 0.09, 0.13), recipe={"epochs": 100, "mip": True, "mip_time_limit": 120.0, "source": source})
+    main([str(tmp_path), "--out", str(tmp_path / "out"), "--name", "table"])
+    rows = read_csv(tmp_path / "out" / "table.csv")
+    assert list(rows) == [("mnist", "universal"), ("mnist", "universal@published")]
+    published = rows[("mnist", "universal@published")]
+    assert published["model"] == "MMR-Universal (published)" and published["te"] == "3.04"
+    assert (published["linf_ub"], published["linf_ub_paper"]) == ("13.00", "12.40")
+    assert published["recipe"].startswith("SHORTENED (100 of 1000 points): published network (" + source + ")")
+    assert rows[("mnist", "universal")]["te"] == "7.00"
+    assert "MMR-Universal (published)" in (tmp_path / "out" / "table.md").read_text()
+
+
 def test_duplicate_runs_are_refused_or_the_newest_kept(tmp_path, capsys):
     old = write_summary(tmp_path / "old", "mnist", "universal", 0, 0.05, (0.1,) * 3, (0.2,) * 3)
     new = write_summary(tmp_path / "new", "mnist", "universal", 0, 0.03, (0.1,) * 3, (0.2,) * 3)

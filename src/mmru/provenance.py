@@ -34,3 +34,14 @@ def hardware(device: str | torch.device = "cpu") -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def file_md5(path: str | Path) -> str:
+    """The md5 of a file's bytes (model files in recipes: which weights a result came from)."""
+    import hashlib
+
+    digest = hashlib.md5()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -38,6 +38,9 @@ HEADERS = {"te": "TE", "worst_ub": "worst UB", "union_ub": "union UB",
            **{f"{n}_{b}": f"{n.replace('inf', '∞')} {b.upper()}" for n in NORMS for b in ("lb", "ub")}}
 #: scheme names that mean the same regularizer config
 ALIASES = {"plain": "none"}
+#: marks the scheme of a published network (its summary's run has a ``source``): its own row, never
+#: averaged with our runs of the scheme, compared with the same paper row
+PUBLISHED = "@published"
 
 
 class ReportError(ValueError):
@@ -69,8 +72,13 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def base_scheme(self) -> str:
+        return self.scheme.removesuffix(PUBLISHED)
+
+    @property
     def label(self) -> str:
-        return SCHEME_LABELS.get(self.scheme, self.scheme)
+        label = SCHEME_LABELS.get(self.base_scheme, self.base_scheme)
+        return f"{label} (published)" if self.scheme.endswith(PUBLISHED) else label
 
     @property
     def seeds(self) -> str:
@@ -126,8 +134,9 @@ def load_runs(paths: list[Path], split: str = "test") -> tuple[list[RunResult], 
             continue
         run = summary.get("run", {})
         scheme = str(run.get("regularizer", "?"))
-        runs.append(RunResult(path, str(run.get("dataset", "?")), ALIASES.get(scheme, scheme), run.get("seed"),
-                              summary))
+        source = run.get("source") or summary.get("recipe", {}).get("source")
+        scheme = ALIASES.get(scheme, scheme) + (PUBLISHED if source else "")
+        runs.append(RunResult(path, str(run.get("dataset", "?")), scheme, run.get("seed"), summary))
     return runs, notes
 
 
@@ -161,7 +170,7 @@ def _figures(summary: dict) -> dict[str, float | None]:
 
 def _compare_with_paper(row: Row) -> None:
     """Fill ``row.paper``, leaving out the norms whose ε differs from the paper's."""
-    found = paper_row(row.dataset, row.scheme)
+    found = paper_row(row.dataset, row.base_scheme)
     row.paper = dict.fromkeys(COLUMNS)
     if found is None:
         return
@@ -187,9 +196,9 @@ def build_rows(runs: list[RunResult]) -> list[Row]:
         groups.setdefault((run.dataset, run.scheme), []).append(run)
 
     def rank(key: tuple[str, str]) -> tuple:
-        dataset, scheme = key
+        dataset, scheme = key[0], key[1].removesuffix(PUBLISHED)
         return (order.index(dataset) if dataset in order else len(order), dataset,
-                list(SCHEME_LABELS).index(scheme) if scheme in SCHEME_LABELS else len(SCHEME_LABELS), scheme)
+                list(SCHEME_LABELS).index(scheme) if scheme in SCHEME_LABELS else len(SCHEME_LABELS), key[1])
 
     rows = []
     for key in sorted(groups, key=rank):
@@ -284,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mmru.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="certify output dirs, summary.json files, globs, or dirs above them")
     parser.add_argument("--out", type=Path, default=Path("reports/table1"), help="where table1.csv goes")
+    parser.add_argument("--name", default="table1", help="file names: <name>.csv and <name>.md (default table1)")
     parser.add_argument("--split", default="test", help="tabulate certifications of this split (default: test)")
     parser.add_argument("--keep-latest", action="store_true", help="of duplicate runs, keep the newest")
     parser.add_argument("--wandb", action="store_true", help="log the table to W&B (offline unless --online)")
@@ -302,9 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     render(rows, console)
     for note in notes + more:
         console.print(f"[yellow]note[/yellow] {note}")
-    write_csv(rows, args.out / "table1.csv")
-    write_markdown(csv_records(rows), list(COLUMNS), HEADERS, args.out / "table1.md")
-    console.print(f"wrote {args.out / 'table1.csv'} and {args.out / 'table1.md'}")
+    write_csv(rows, args.out / f"{args.name}.csv")
+    write_markdown(csv_records(rows), list(COLUMNS), HEADERS, args.out / f"{args.name}.md")
+    console.print(f"wrote {args.out / f'{args.name}.csv'} and {args.out / f'{args.name}.md'}")
     if args.wandb:
         log_wandb(rows, args.out, args.online)
 

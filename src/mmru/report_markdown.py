@@ -33,6 +33,7 @@ def recipe_of(summary: dict) -> dict:
         "train_minutes": _minutes(recipe.get("train_seconds")),
         "certify_minutes": _minutes(recipe.get("certify_seconds")),
         "commit": recipe.get("commit"),
+        "source": recipe.get("source") or run.get("source"),
     }
 
 
@@ -56,12 +57,15 @@ def shortened(recipe: dict) -> list[str]:
 def describe(recipe: dict) -> str:
     cuts = shortened(recipe)
     status = "paper's recipe" if not cuts else "SHORTENED (" + "; ".join(cuts) + ")"
+    parts = [f"{recipe['data']} data", f"{recipe['epochs']} epochs", f"seed {recipe['seed']}",
+             f"{recipe['points']} points", f"MIP {recipe['mip_seconds']} s/point", f"attack {recipe['attack']}",
+             f"{recipe['hardware']}", f"train {recipe['train_minutes']} min", f"certify {recipe['certify_minutes']} min",
+             f"commit {recipe['commit']}"]
+    if recipe.get("source"):  # trained elsewhere: the certification is ours, the training the source's
+        parts = [f"published network ({recipe['source']})", *parts[:2], *parts[3:7], *parts[8:]]
     start = recipe.get("init_from")
-    parts = [f"fine-tuned from {Path(start['path']).name} (md5 {start['md5']})"] if start else []
-    parts += [f"{recipe['data']} data", f"{recipe['epochs']} epochs", f"seed {recipe['seed']}",
-              f"{recipe['points']} points", f"MIP {recipe['mip_seconds']} s/point", f"attack {recipe['attack']}",
-              f"{recipe['hardware']}", f"train {recipe['train_minutes']} min",
-              f"certify {recipe['certify_minutes']} min", f"commit {recipe['commit']}"]
+    if start:  # a fine-tune: the file it started from
+        parts.insert(0, f"fine-tuned from {Path(start['path']).name} (md5 {start['md5']})")
     return f"{status}: " + ", ".join(parts)
 
 

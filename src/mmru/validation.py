@@ -173,6 +173,7 @@ CERTIFY_OPTIONS: dict[str, Check] = {
     "mip": BOOL,
     "mip_time_limit": POSITIVE,
     "radii": BOOL,
+    "retry_undecided": BOOL,
     "device": Check("cpu, cuda, cuda:<index> or auto",
                     lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "auto") or _cuda_index(v))),
     "mip_workers": POSITIVE_INT,

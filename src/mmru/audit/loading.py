@@ -94,7 +94,7 @@ def load_certify_run(directory: str | Path, ckpt: str | None = None, dataset: st
     if n_points is not None:
         indices = indices[:n_points]
     checkpoint = find_checkpoint(directory, summary, ckpt)
-    net, _ = load_checkpoint(checkpoint)
+    net = _load_net(checkpoint, summary)
     points = _points(summary, net, dataset, data_dir)
     if indices[-1] >= len(points):
         raise UserError(f"{directory} certified point {indices[-1]} but the {summary.get('split', 'test')} split "
@@ -109,6 +109,20 @@ def load_certify_run(directory: str | Path, ckpt: str | None = None, dataset: st
                             f"{directory / 'points.jsonl'}; the audit needs the data the run certified "
                             "(--dataset, --data-dir)")
     return run
+
+
+def _load_net(path: Path, summary: dict) -> ReLUNet:
+    """A train.py checkpoint, or the model file from elsewhere the run certified (model_file=), which must
+    be the same file (md5) when the summary recorded one."""
+    if path.suffix.lower() not in (".onnx", ".mat"):
+        return load_checkpoint(path)[0]
+    from mmru.convert import load_model  # only model files from elsewhere need the converters
+    from mmru.provenance import file_md5
+
+    recorded = summary["run"].get("model_md5")
+    if recorded and file_md5(path) != recorded:
+        raise UserError(f"{path} is not the model file the run certified (md5 {file_md5(path)}, recorded {recorded})")
+    return load_model(path).eval()
 
 
 def _points(summary: dict, net: ReLUNet, dataset: str | None, data_dir: str | None):

@@ -16,6 +16,7 @@ from mmru.certification.checkpoint import load_checkpoint
 from mmru.certification.curves import robustness_curves, universal_curve
 from mmru.certification.outputs import print_row, write_outputs
 from mmru.certification.records import (
+    UNDECIDED,
     PointRecord,
     append_records,
     load_records,
@@ -27,6 +28,7 @@ from mmru.errors import UserError
 from mmru.models import ReLUNet
 from mmru.provenance import commit, hardware
 from mmru.validation import validate_certify_config
+from mmru.zoo import model_file_run
 
 
 def shard_indices(n_points: int, shard: int, num_shards: int) -> list[int]:
@@ -74,7 +76,7 @@ def run_certification(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     te = test_error(net, points)
     timings["test_error"] = time.perf_counter() - start
-    records = _resume(out_dir / "points.jsonl", eps, indices)
+    records = _resume(out_dir / "points.jsonl", eps, indices, cfg.get("retry_undecided", False))
     done = {r.index for r in records}
     todo = [i for i in indices if i not in done]
     if done:
@@ -129,7 +131,7 @@ def _load_net(cfg: DictConfig) -> tuple[ReLUNet, dict]:
     from mmru.convert import load_model  # torch.fx and onnx, only for models from elsewhere
 
     net = load_model(cfg.model_file, cfg.get("arch"), tuple(cfg.dataset.input_shape))
-    return net.eval(), {"dataset": cfg.dataset.name, "eps": dict(cfg.dataset.eps), "regularizer": Path(cfg.model_file).name}
+    return net.eval(), model_file_run(cfg.model_file, cfg.dataset.name, dict(cfg.dataset.eps))
 
 
 def _device(name: str) -> str:
@@ -154,6 +156,7 @@ def _recipe(run: dict, options: CascadeOptions, records: list, test_error_second
             "attack": options.attack, "mip": options.mip, "mip_time_limit": options.mip_time_limit,
             "device": options.device, "mip_workers": mip_workers, "radii": options.radii,
             "certify_seconds": test_error_seconds + sum(r.seconds for r in records),
+            "source": run.get("source"), "model_md5": run.get("model_md5"),
             "hardware": hardware(), "commit": commit()}
 
 
@@ -174,8 +177,10 @@ def _dataset(cfg: DictConfig, run: dict, net: ReLUNet):
     return dm.val_set if cfg.split == "val" else dm.test_set
 
 
-def _resume(path: Path, eps: dict[str, float], indices: list[int]) -> list[PointRecord]:
-    """Complete earlier records for these points; points with a missing norm are redone."""
+def _resume(path: Path, eps: dict[str, float], indices: list[int], retry_undecided: bool = False) -> list[PointRecord]:
+    """Complete earlier records for these points; points with a missing norm are redone, and with
+    ``retry_undecided`` also those undecided in some norm (all their norms: a point's records come from one
+    cascade run, so the union bounds stay those of one run)."""
     records = load_records(path)
     for r in records:
         if r.norm in eps and abs(r.eps - eps[r.norm]) > 1e-12 * eps[r.norm]:
@@ -186,7 +191,8 @@ def _resume(path: Path, eps: dict[str, float], indices: list[int]) -> list[Point
     for r in records:
         if r.index in wanted and r.norm in eps:
             by_point[r.index].append(r)
-    complete = [r for rs in by_point.values() if {r.norm for r in rs} == set(eps) and len(rs) == len(eps) for r in rs]
+    complete = [r for rs in by_point.values() if {r.norm for r in rs} == set(eps) and len(rs) == len(eps)
+                and not (retry_undecided and any(r.status == UNDECIDED for r in rs)) for r in rs]
     others = [r for r in records if r.index not in wanted or r.norm not in eps]
     if path.is_file():  # drops a torn last line and half-done points before new lines follow
         rewrite_records(path, others + complete)
