@@ -142,4 +142,4 @@ def test_misclassified_point_is_its_own_counterexample():
 def test_other_norms_are_rejected():
     net = _net(0)
     with pytest.raises(ValueError):
-        mip_verify(net, torch.zeros(4, dtype=torch.float64), 0, 0.1, 2.0)
+        mip_verify(net, torch.zeros(4, dtype=torch.float64), 0, 0.1, 3.0)

@@ -171,6 +171,7 @@ CERTIFY_OPTIONS: dict[str, Check] = {
     "bounds": list_of(BOUND_METHODS, nonempty=False),
     "attack": one_of(*ATTACK_STRENGTHS),
     "mip": BOOL,
+    "mip_norms": list_of(NORM_NAMES, nonempty=True),
     "mip_time_limit": POSITIVE,
     "radii": BOOL,
     "retry_undecided": BOOL,

@@ -13,9 +13,10 @@ radii, as far as the robustness curves need them (up to ``CURVE_EXTENT`` eps_p) 
     actually certified (``mmru.verify.certify``, rounding tolerance included), so it is a
     proven radius by construction, below the method's best by at most that width (the
     method's certificates being monotone in eps, as KW's are);
-  * MIP (l_1, l_∞): the minimal adversarial distance, searched within the ball of radius
-    min(ceiling, CURVE_EXTENT eps_p) (bounds over that ball, ``mip_min_distance(max_radius=)``),
-    when HiGHS finishes within the time limit. Its lower bound is taken over
+  * MIP (the norms of ``mip_norms``): the minimal adversarial distance, searched within the ball
+    of radius min(ceiling, CURVE_EXTENT eps_p) (bounds over that ball,
+    ``mip_min_distance(max_radius=)``), when the solver (HiGHS for l_1 and l_∞, SCIP for l_2)
+    finishes within the time limit. Its lower bound is taken over
     f_y - f_s <= +tol, tol = max(MARGIN_TOL, rounding tolerance of the bounds): the policy of
     ``mip_verify`` for near-ties. The solver meets the norm's rows up to its primal feasibility
     tolerance each, so the bound is lowered by ``mip_distance_slack`` and rounded down; a
@@ -43,6 +44,7 @@ from mmru.verify import certify as bound_certify
 from mmru.verify.bounds import hidden_bounds, input_ball, rounding_tolerance
 from mmru.verify.milp import OPTIONS as MILP_OPTIONS
 from mmru.verify.mip import DISTANCE_TOL, MARGIN_TOL, mip_min_distance
+from mmru.verify.scip_program import FEASTOL as SCIP_FEASTOL
 
 INF = math.inf
 
@@ -60,7 +62,7 @@ class RadiusJob:
 
     x: torch.Tensor  #: [1, *input_shape] float64, on the CPU
     y: int
-    p: float  #: 1 or inf
+    p: float  #: 1, 2 or inf
     max_radius: float  #: search cap: the result is a radius <= this
     time_limit: float
 
@@ -77,8 +79,12 @@ class RadiusOutcome:
 
 def mip_distance_slack(input_dim: int, p: float) -> float:
     """What the solver's distance may fall short by: the norm's rows (d for l_1, one per
-    coordinate each for l_∞) may each be violated by the primal feasibility tolerance; never
-    less than ``DISTANCE_TOL``, the precision ``mip_min_distance`` calls exact."""
+    coordinate each for l_∞) may each be violated by the primal feasibility tolerance; for l_2
+    the one quadratic row ||x' - x||_2^2 <= s by SCIP's absolute tolerance, which moves the
+    distance by at most its square root. Never less than ``DISTANCE_TOL``, the precision
+    ``mip_min_distance`` calls exact."""
+    if p == 2.0:
+        return max(DISTANCE_TOL, math.sqrt(SCIP_FEASTOL))
     rows = input_dim + 1 if p == 1.0 else 1
     return max(DISTANCE_TOL, rows * MILP_OPTIONS["primal_feasibility_tolerance"])
 
@@ -148,8 +154,8 @@ def norm_radii(net64: ReLUNet, mip_net: ReLUNet, x: torch.Tensor, y: torch.Tenso
     """Per point, {method: largest radius it proved} for one norm; updates the cascade's state
     ``st`` (certified radius and method, proven at eps, smallest counterexample).
 
-    ``mip_net``: ``net64`` on the CPU, for the MIP (run when ``options.mip`` and p in {1, inf},
-    with ``options.mip_time_limit`` per point, in ``pool``'s workers; in this process when None).
+    ``mip_net``: ``net64`` on the CPU, for the MIP (run when ``options.mip_covers(p)``, with
+    ``options.mip_time_limit`` per point, in ``pool``'s workers; in this process when None).
     """
     n, cap = len(correct), CURVE_EXTENT * eps
     radii = [{"region": float(region[i])} if correct[i] else {} for i in range(n)]
@@ -162,7 +168,7 @@ def norm_radii(net64: ReLUNet, mip_net: ReLUNet, x: torch.Tensor, y: torch.Tenso
         found = bisect_radius(net64, x, y, p, method, st.radius.clone(), ceiling, cap, eps) * correct
         _prove(st, found, method, eps, radii)
         _spend(st, timings, "radii", time.perf_counter() - start, correct)
-    if options.mip and p in (1.0, INF):
+    if options.mip_covers(p):
         ceiling = torch.clamp(st.adv_norm, max=cap)
         # only where the bracket is still wider than the bisection's precision
         todo = correct & (ceiling - st.radius > REL_PRECISION * torch.clamp(ceiling, min=eps))

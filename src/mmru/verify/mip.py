@@ -132,8 +132,8 @@ def _numpy_bounds(bounds: list[Bounds]) -> list[np.ndarray]:
 
 def _check_p(p: float) -> float:
     p = float(p)
-    if p not in (1.0, INF):
-        raise ValueError(f"the MIP handles p = 1 and p = inf only, got {p}")
+    if p not in (1.0, 2.0, INF):
+        raise ValueError(f"the MIP handles p = 1, 2 and inf only, got {p}")
     return p
 
 
@@ -159,7 +159,9 @@ def mip_verify(
     box: tuple[float, float] | None = (0.0, 1.0),
     margin_tol: float = MARGIN_TOL,
 ) -> MIPResult:
-    """Decide whether f classifies every x' in the l_p ball (p in {1, inf}) of radius eps as y.
+    """Decide whether f classifies every x' in the l_p ball (p in {1, 2, inf}) of radius eps as y.
+
+    p = 2 goes to ``miqp.miqp_verify`` (SCIP, a quadratic constraint), under the same rules.
 
     ``bounds``: pre-activation bounds of the hidden layers (e.g. ``layer_bounds(...)``, logits
     entry ignored) valid over this ball for this single point; CROWN in float64 when None.
@@ -169,6 +171,10 @@ def mip_verify(
     """
     if not (eps >= 0 and time_limit > 0 and margin_tol > 0):
         raise ValueError(f"need eps >= 0, time_limit > 0, margin_tol > 0; got {eps}, {time_limit}, {margin_tol}")
+    if _check_p(p) == 2.0:
+        from mmru.verify.miqp import miqp_verify  # imports this module
+
+        return miqp_verify(net, x, y, eps, time_limit, bounds, box, margin_tol)
     start = time.perf_counter()
     p, net64, x64 = _check_p(p), _double(net), _single(x, net)
     if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), eps, p)[0]):
@@ -260,7 +266,8 @@ def mip_min_distance(
     max_radius: float | None = None,
     margin_tol: float = 0.0,
 ) -> MinDistance:
-    """min ||x' - x||_p over x' in [0, 1]^d with f_s(x') >= f_y(x') for some s != y (p in {1, inf}).
+    """min ||x' - x||_p over x' in [0, 1]^d with f_s(x') >= f_y(x') for some s != y (p in {1, 2, inf};
+    p = 2: ``miqp.miqp_min_distance``).
 
     One MILP per target class; the best checked distance so far caps the next ones. The
     MILP's minimiser lies on the decision boundary (a tie): the point returned is pushed
@@ -274,6 +281,10 @@ def mip_min_distance(
     """
     if not time_limit > 0:
         raise ValueError(f"time_limit must be > 0, got {time_limit}")
+    if _check_p(p) == 2.0:
+        from mmru.verify.miqp import miqp_min_distance  # imports this module
+
+        return miqp_min_distance(net, x, y, time_limit, bounds, max_radius, margin_tol)
     start = time.perf_counter()
     p, net64, x64 = _check_p(p), _double(net), _single(x, net)
     if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), 0.0, p)[0]):
