@@ -47,6 +47,7 @@ from mmru.verify.bounds import (
     output_bounds,
     rounding_tolerance,
 )
+from mmru.verify.ball import LpBall
 from mmru.verify.milp import Program, abs_deviation, encode_relu_net, margin_row
 
 INF = math.inf
@@ -148,6 +149,46 @@ def _checked_counterexample(
     return cand[0] if bool(ok[0]) else None
 
 
+@dataclass
+class DecisionProblem:
+    """What deciding robustness at one radius starts from, whichever solver decides it (HiGHS here,
+    SCIP in ``miqp``): the point and net in float64 on the CPU, the ball, the hidden-layer bounds for
+    the big-M constants, tol, CROWN's margin bound per target, and the targets left to a solver."""
+
+    net64: ReLUNet
+    x64: torch.Tensor
+    misclassified: bool  #: x itself is a counterexample; nothing below is computed then
+    ball: LpBall | None = None
+    hidden: list[Bounds] | None = None
+    tol: float = 0.0
+    margin_bound: dict[int, float] | None = None  #: s -> a proven lower bound on min f_y - f_s
+    targets: list[int] | None = None  #: the s whose bound is <= tol, likeliest first
+
+
+def decision_problem(net: ReLUNet, x: torch.Tensor, y: int, eps: float, p: float, bounds: list[Bounds] | None,
+                     box: tuple[float, float] | None, margin_tol: float) -> DecisionProblem:
+    """The shared start of ``mip_verify`` and ``miqp.miqp_verify`` (arguments as theirs): CROWN in
+    float64 over the ball when ``bounds`` is None; tol = max(margin_tol, the bounds' rounding tolerance);
+    targets whose CROWN margin bound exceeds tol are proven without a solver and left out."""
+    if not (eps >= 0 and margin_tol > 0):
+        raise ValueError(f"need eps >= 0 and margin_tol > 0; got {eps}, {margin_tol}")
+    p, net64, x64 = _check_p(p), _double(net), _single(x, net)
+    if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), eps, p)[0]):
+        return DecisionProblem(net64, x64, True)
+    with torch.no_grad():
+        ball = input_ball(x64, float(eps), p, box)
+        if bounds is None:
+            passes = hidden_bounds(net64, ball, "crown")
+        else:
+            passes = {"crown": _one_point_bounds(bounds, len(net.layers) - 1)}
+        spec = margin_spec(torch.tensor([y]), net.num_classes, torch.float64)
+        margin_lb = output_bounds(net64, spec, ball, passes)[0][0].numpy()
+        tol = max(float(margin_tol), float(rounding_tolerance(net64, ball, passes)[0]))
+    bound = {s: float(margin_lb[s]) for s in range(net.num_classes) if s != y}
+    targets = sorted((s for s in bound if bound[s] <= tol), key=bound.get)
+    return DecisionProblem(net64, x64, False, ball, passes["crown"], tol, bound, targets)
+
+
 def mip_verify(
     net: ReLUNet,
     x: torch.Tensor,
@@ -176,19 +217,12 @@ def mip_verify(
 
         return miqp_verify(net, x, y, eps, time_limit, bounds, box, margin_tol)
     start = time.perf_counter()
-    p, net64, x64 = _check_p(p), _double(net), _single(x, net)
-    if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), eps, p)[0]):
-        return MIPResult("attacked", x64[0], time.perf_counter() - start, -INF, None)
-    with torch.no_grad():
-        ball = input_ball(x64, float(eps), p, box)
-        if bounds is None:
-            passes = hidden_bounds(net64, ball, "crown")
-        else:
-            passes = {"crown": _one_point_bounds(bounds, len(net.layers) - 1)}
-        spec = margin_spec(torch.tensor([y]), net.num_classes, torch.float64)
-        margin_lb = output_bounds(net64, spec, ball, passes)[0][0].numpy()
-        tol = max(float(margin_tol), float(rounding_tolerance(net64, ball, passes)[0]))
-    hidden = _numpy_bounds(passes["crown"])
+    problem = decision_problem(net, x, y, eps, p, bounds, box, margin_tol)
+    if problem.misclassified:
+        return MIPResult("attacked", problem.x64[0], time.perf_counter() - start, -INF, None)
+    net64, x64, ball, tol, bound = problem.net64, problem.x64, problem.ball, problem.tol, problem.margin_bound
+    p = _check_p(p)
+    hidden = _numpy_bounds(problem.hidden)
     xf = x64.reshape(-1).numpy()
     lo, hi = (t[0].numpy() for t in ball.cube())
 
@@ -199,10 +233,8 @@ def mip_verify(
         prog.add_row(t, np.ones(len(t)), -INF, eps)
     last = encode_relu_net(prog, net64, x_cols, hidden)
 
-    bound = {s: float(margin_lb[s]) for s in range(net.num_classes) if s != y}
-    targets = sorted((s for s in bound if bound[s] <= tol), key=bound.get)  # likeliest first
     undecided = set()  # why targets stayed open: "timeout" or "unknown"
-    for s in targets:
+    for s in problem.targets:
         cols, coef, const = margin_row(net64, last, y, s)
         cut = (cols, coef, -INF, tol - const)  # f_y - f_s <= +tol
         why = "unknown"  # a target stays open unless HiGHS proves its MILP infeasible
@@ -256,6 +288,22 @@ def _proven_minimum(h: highspy._Highs, prog: Program) -> float:
     return h.getInfo().objective_function_value if h.getModelStatus() == Status.kOptimal else -INF
 
 
+def distance_problem(net: ReLUNet, x: torch.Tensor, y: int, p: float, bounds: list[Bounds] | None,
+                     max_radius: float | None) -> tuple[ReLUNet, torch.Tensor, LpBall | None, list[np.ndarray]]:
+    """The shared start of ``mip_min_distance`` and ``miqp.miqp_min_distance`` (arguments as theirs):
+    (net64, x64, the set searched, hidden-layer bounds as [2, n_l] arrays), the set being the box (inside
+    the l_inf ball of radius 1) or the l_p ball of radius ``max_radius``, with CROWN over it when
+    ``bounds`` is None; the set is None (and nothing computed) when x itself is misclassified."""
+    net64, x64 = _double(net), _single(x, net)
+    if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), 0.0, p)[0]):
+        return net64, x64, None, []
+    ball = input_ball(x64, 1.0, INF, (0.0, 1.0)) if max_radius is None else input_ball(x64, max_radius, p)
+    if bounds is None:
+        with torch.no_grad():
+            bounds = hidden_bounds(net64, ball, "crown")["crown"]
+    return net64, x64, ball, _numpy_bounds(_one_point_bounds(bounds, len(net.layers) - 1))
+
+
 def mip_min_distance(
     net: ReLUNet,
     x: torch.Tensor,
@@ -286,14 +334,10 @@ def mip_min_distance(
 
         return miqp_min_distance(net, x, y, time_limit, bounds, max_radius, margin_tol)
     start = time.perf_counter()
-    p, net64, x64 = _check_p(p), _double(net), _single(x, net)
-    if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), 0.0, p)[0]):
+    p = _check_p(p)
+    net64, x64, ball, hidden = distance_problem(net, x, y, p, bounds, max_radius)
+    if ball is None:
         return MinDistance(0.0, 0.0, x64[0], None, True, time.perf_counter() - start)
-    ball = input_ball(x64, 1.0, INF, (0.0, 1.0)) if max_radius is None else input_ball(x64, max_radius, p)
-    if bounds is None:
-        with torch.no_grad():
-            bounds = hidden_bounds(net64, ball, "crown")["crown"]
-    hidden = _numpy_bounds(_one_point_bounds(bounds, len(net.layers) - 1))
     xf = x64.reshape(-1).numpy()
     lo, hi = (t[0].numpy() for t in ball.cube())
 

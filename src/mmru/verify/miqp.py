@@ -25,9 +25,8 @@ import time
 import numpy as np
 import torch
 
-from mmru.attacks import check_adversarial
 from mmru.models import ReLUNet
-from mmru.verify.bounds import Bounds, hidden_bounds, input_ball, margin_spec, output_bounds, rounding_tolerance
+from mmru.verify.bounds import Bounds
 from mmru.verify.milp import Program, encode_relu_net, margin_row
 from mmru.verify.mip import (
     DISTANCE_TOL,
@@ -36,11 +35,10 @@ from mmru.verify.mip import (
     MinDistance,
     MIPResult,
     _checked_counterexample,
-    _double,
     _numpy_bounds,
-    _one_point_bounds,
     _pushed_counterexample,
-    _single,
+    decision_problem,
+    distance_problem,
 )
 from mmru.verify.scip_program import ScipProgram
 
@@ -59,31 +57,21 @@ def miqp_verify(
     margin_tol: float = MARGIN_TOL,
 ) -> MIPResult:
     """``mip.mip_verify`` for p = 2: is every x' of the l_2 ball of radius eps (in ``box``) classified as y?"""
-    if not (eps >= 0 and time_limit > 0 and margin_tol > 0):
-        raise ValueError(f"need eps >= 0, time_limit > 0, margin_tol > 0; got {eps}, {time_limit}, {margin_tol}")
+    if not time_limit > 0:
+        raise ValueError(f"need time_limit > 0, got {time_limit}")
     start = time.perf_counter()
-    net64, x64 = _double(net), _single(x, net)
-    if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), eps, P)[0]):
-        return MIPResult("attacked", x64[0], time.perf_counter() - start, -INF, None)
-    with torch.no_grad():
-        ball = input_ball(x64, float(eps), P, box)
-        if bounds is None:
-            passes = hidden_bounds(net64, ball, "crown")
-        else:
-            passes = {"crown": _one_point_bounds(bounds, len(net.layers) - 1)}
-        spec = margin_spec(torch.tensor([y]), net.num_classes, torch.float64)
-        margin_lb = output_bounds(net64, spec, ball, passes)[0][0].numpy()
-        tol = max(float(margin_tol), float(rounding_tolerance(net64, ball, passes)[0]))
-
-    bound = {s: float(margin_lb[s]) for s in range(net.num_classes) if s != y}
-    targets = sorted((s for s in bound if bound[s] <= tol), key=bound.get)  # likeliest first
+    problem = decision_problem(net, x, y, eps, P, bounds, box, margin_tol)
+    if problem.misclassified:
+        return MIPResult("attacked", problem.x64[0], time.perf_counter() - start, -INF, None)
+    net64, x64, ball, tol, bound, targets = (problem.net64, problem.x64, problem.ball, problem.tol,
+                                             problem.margin_bound, problem.targets)
     if not targets:
         return MIPResult("robust", None, time.perf_counter() - start, min(bound.values()))
     xf = x64.reshape(-1).numpy()
     lo, hi = (t[0].numpy() for t in ball.cube())
     prog = Program()
     x_cols = prog.add_cols(lo, hi)
-    last = encode_relu_net(prog, net64, x_cols, _numpy_bounds(passes["crown"]))
+    last = encode_relu_net(prog, net64, x_cols, _numpy_bounds(problem.hidden))
     scip = ScipProgram(prog)
     scip.add_squared_distance(x_cols, xf, radius=float(eps))
 
@@ -145,18 +133,14 @@ def miqp_min_distance(
     if not time_limit > 0:
         raise ValueError(f"time_limit must be > 0, got {time_limit}")
     start = time.perf_counter()
-    net64, x64 = _double(net), _single(x, net)
-    if bool(check_adversarial(net64, x64, x64, torch.tensor([y]), 0.0, P)[0]):
+    net64, x64, ball, hidden = distance_problem(net, x, y, P, bounds, max_radius)
+    if ball is None:
         return MinDistance(0.0, 0.0, x64[0], None, True, time.perf_counter() - start)
-    ball = input_ball(x64, 1.0, INF, (0.0, 1.0)) if max_radius is None else input_ball(x64, max_radius, P)
-    if bounds is None:
-        with torch.no_grad():
-            bounds = hidden_bounds(net64, ball, "crown")["crown"]
     xf = x64.reshape(-1).numpy()
     lo, hi = (t[0].numpy() for t in ball.cube())
     prog = Program()
     x_cols = prog.add_cols(lo, hi)
-    last = encode_relu_net(prog, net64, x_cols, _numpy_bounds(_one_point_bounds(bounds, len(net.layers) - 1)))
+    last = encode_relu_net(prog, net64, x_cols, hidden)
     scip = ScipProgram(prog)
     # s >= ||x' - x||_2^2, at most the box's squared diameter or max_radius^2
     cap = float(np.sum(np.maximum(hi - xf, xf - lo) ** 2)) if max_radius is None else max_radius**2
