@@ -10,7 +10,6 @@ configured model's shapes one for one; the run records the file and its md5.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from mmru.errors import ConfigError
 from mmru.models import ReLUNet
+from mmru.provenance import file_md5
 
 #: what makes two conv layers the same map besides their weight shapes
 CONV_GEOMETRY = ("stride", "padding", "dilation", "groups")
@@ -38,10 +38,6 @@ class InitWeights:
     def record(self) -> dict[str, str]:
         """What the run's recipe stores: ``{"path": ..., "md5": ...}``."""
         return {"path": self.path, "md5": self.md5}
-
-
-def file_md5(path: str | Path) -> str:
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def read_init_weights(path: str | Path, target: ReLUNet, model_name: str, arch: str | None = None) -> InitWeights:

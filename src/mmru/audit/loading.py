@@ -119,9 +119,9 @@ def _load_net(path: Path, summary: dict) -> ReLUNet:
     from mmru.convert import load_model  # only model files from elsewhere need the converters
     from mmru.provenance import file_md5
 
-    recorded = summary["run"].get("model_md5")
-    if recorded and file_md5(path) != recorded:
-        raise UserError(f"{path} is not the model file the run certified (md5 {file_md5(path)}, recorded {recorded})")
+    recorded, found = summary["run"].get("model_md5"), file_md5(path)
+    if recorded and found != recorded:
+        raise UserError(f"{path} is not the model file the run certified (md5 {found}, recorded {recorded})")
     return load_model(path).eval()
 
 

@@ -55,10 +55,7 @@ def certify(
     run in).
     """
     eps = _check_options(eps, bounds, attack, mip, mip_time_limit, batch_size)
-    if isinstance(mip_norms, str) or not mip_norms or not all(n in NORM_NAMES for n in mip_norms) \
-            or len(set(mip_norms)) != len(mip_norms):
-        raise ConfigError(f"mip_norms must be a non-empty sequence of distinct names from {', '.join(NORM_NAMES)}, "
-                          f"got {mip_norms!r}")
+    _check_names("mip_norms", mip_norms, NORM_NAMES, nonempty=True)
     if not isinstance(radii, bool):
         raise ConfigError(f"radii must be True or False, got {radii!r}")
     if isinstance(mip_workers, bool) or not isinstance(mip_workers, int) or mip_workers < 1:
@@ -103,9 +100,7 @@ def _check_options(eps, bounds, attack, mip, mip_time_limit, batch_size) -> dict
     for name, r in eps.items():
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < math.inf:
             raise ConfigError(f"eps[{name!r}] must be a positive finite number, got {r!r}")
-    if isinstance(bounds, str) or not all(b in BOUND_METHODS for b in bounds) or len(set(bounds)) != len(bounds):
-        raise ConfigError(f"bounds must be a sequence of distinct names from {', '.join(BOUND_METHODS)}, "
-                          f"got {bounds!r}")
+    _check_names("bounds", bounds, BOUND_METHODS)
     if attack not in ATTACK_STRENGTHS:
         raise ConfigError(f"attack must be one of {', '.join(ATTACK_STRENGTHS)}, got {attack!r}")
     if not isinstance(mip, bool):
@@ -117,6 +112,14 @@ def _check_options(eps, bounds, attack, mip, mip_time_limit, batch_size) -> dict
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     # the cascade's order of norms, whatever order the caller wrote them in
     return {name: float(eps[name]) for name in NORM_NAMES if name in eps}
+
+
+def _check_names(option: str, names, allowed, nonempty: bool = False) -> None:
+    """``names``: a sequence (not a string) of distinct names from ``allowed`` (and some, if ``nonempty``)."""
+    if (isinstance(names, str) or not all(n in allowed for n in names) or len(set(names)) != len(names)
+            or (nonempty and not names)):
+        some = "a non-empty sequence" if nonempty else "a sequence"
+        raise ConfigError(f"{option} must be {some} of distinct names from {', '.join(allowed)}, got {names!r}")
 
 
 def _check_points(x, y) -> tuple[torch.Tensor, torch.Tensor]:
