@@ -2,16 +2,27 @@
 
 Big-M encoding of each hidden unit with pre-activation bounds [l, u] valid over the input set:
     unstable (l < 0 < u): a >= z, a >= 0, a <= u d, a <= z - l (1 - d), d in {0, 1};
-    active (l >= 0): a = z;  inactive (u <= 0): a = 0, the unit is dropped.
-Conv layers enter through their dense rows (``affine.dense_rows``), kept sparse.
+    active (l >= 0): a = z;  inactive (u <= 0): a = 0.
+Only the unstable units get columns. A stable unit is an affine function of the layer below, so
+every layer's activations are kept as an affine map of the program's *basis* columns (the input
+x' and the unstable units' a), a = E [basis] + c, composed layer by layer (sparse): each row then
+reads the input pixels of its receptive field and the unstable units below it, not every unit of
+the layer below. On the published MNIST network at eps_inf = 0.1 this is 16,662 nonzeros in 204
+rows where one column per unit took 330,811 in 3,319 (measured on test point 84): HiGHS spent
+120 s at the root node of the larger program and solves the smaller one to optimality in 5 s.
+Composing changes only the order of the float64 sums of the same products, which the bounds'
+rounding tolerance covers (``mmru.verify.bounds``, any summation order); the deciders keep it.
 """
 
 from __future__ import annotations
 
 import math
 
+from dataclasses import dataclass
+
 import highspy
 import numpy as np
+import scipy.sparse as sp
 
 from mmru.models import ReLUNet
 from mmru.verify import affine
@@ -95,46 +106,57 @@ OPTIONS = {
 }
 
 
-def encode_relu_net(prog: Program, net: ReLUNet, x_cols: np.ndarray, hidden: list[np.ndarray]):
-    """Add the network's hidden layers; return the columns of the last hidden layer (-1: dead).
+@dataclass
+class Encoded:
+    """The last hidden layer's activations as an affine map of the program's basis columns:
+    a_L = E @ x[cols] + c (E sparse, [n_L, len(cols)])."""
+
+    cols: np.ndarray
+    E: sp.csr_matrix
+    c: np.ndarray
+
+
+def encode_relu_net(prog: Program, net: ReLUNet, x_cols: np.ndarray, hidden: list[np.ndarray]) -> Encoded:
+    """Add the network's hidden layers (columns for the unstable units only); return a_L's affine map.
 
     ``hidden[k]`` is a [2, n_k] array of bounds on z_k valid over the input set.
     """
-    prev = x_cols
+    cols = np.asarray(x_cols)
+    E, c = sp.identity(len(cols), format="csr"), np.zeros(len(cols))  # a_0 = x'
     for k, (lo, hi) in enumerate(hidden):
-        w = affine.dense_rows(net, k).detach().cpu().numpy()
-        b = affine.bias_vector(net, k).detach().cpu().numpy()
-        alive = prev >= 0
-        w, cols_in = w[:, alive], prev[alive]
-        cols = np.full(len(b), -1)
-        for j in range(len(b)):
-            if hi[j] <= 0:
-                continue  # always inactive: a = 0, drops out of the next layer
-            nz = np.nonzero(w[j])[0]
-            idx, val = cols_in[nz], w[j, nz]
-            if lo[j] >= 0:  # always active: a = z
-                a = prog.add_cols(lo[j], hi[j])[0]
-                prog.add_row(np.r_[a, idx], np.r_[1.0, -val], b[j], b[j])
-            else:
-                a = prog.add_cols(0.0, hi[j])[0]
-                d = prog.add_cols(0.0, 1.0, binary=True)[0]
-                prog.add_row(np.r_[a, idx], np.r_[1.0, -val], b[j], INF)  # a >= z
-                # a <= z - l (1 - d)
-                prog.add_row(np.r_[a, idx, d], np.r_[1.0, -val, -lo[j]], -INF, b[j] - lo[j])
-                prog.add_row([a, d], [1.0, -hi[j]], -INF, 0.0)  # a <= u d
-            cols[j] = a
-        prev = cols
-    return prev
+        w = sp.csr_matrix(affine.dense_rows(net, k).detach().cpu().numpy())
+        Z = (w @ E).tocsr()  # z_k = Z [basis] + zc
+        zc = w @ c + affine.bias_vector(net, k).detach().cpu().numpy()
+        active = (hi > 0) & (lo >= 0)
+        unstable = np.nonzero((hi > 0) & (lo < 0))[0]
+        new_cols = []
+        for j in unstable:
+            row = slice(Z.indptr[j], Z.indptr[j + 1])
+            idx, val = cols[Z.indices[row]], Z.data[row]
+            a = prog.add_cols(0.0, hi[j])[0]
+            d = prog.add_cols(0.0, 1.0, binary=True)[0]
+            prog.add_row(np.r_[a, idx], np.r_[1.0, -val], zc[j], INF)  # a >= z
+            # a <= z - l (1 - d)
+            prog.add_row(np.r_[a, idx, d], np.r_[1.0, -val, -lo[j]], -INF, zc[j] - lo[j])
+            prog.add_row([a, d], [1.0, -hi[j]], -INF, 0.0)  # a <= u d
+            new_cols.append(a)
+        # active rows keep z's map, unstable ones become their own column, inactive ones 0
+        keep = sp.diags(active.astype(float)) @ Z
+        own = sp.csr_matrix((np.ones(len(unstable)), (unstable, np.arange(len(unstable)))), shape=(len(hi), len(unstable)))
+        E = sp.hstack([keep, own], format="csr")
+        c = np.where(active, zc, 0.0)
+        cols = np.r_[cols, np.asarray(new_cols, dtype=cols.dtype)]
+    return Encoded(cols, E, c)
 
 
-def margin_row(net: ReLUNet, last_cols: np.ndarray, y: int, s: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Columns, coefficients and constant of f_y - f_s in terms of the last hidden layer."""
+def margin_row(net: ReLUNet, enc: Encoded, y: int, s: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Columns, coefficients and constant of f_y - f_s in terms of the basis columns."""
     k = len(net.layers) - 1
     w = affine.dense_rows(net, k).detach().cpu().numpy()
     b = affine.bias_vector(net, k).detach().cpu().numpy()
-    alive = last_cols >= 0
-    coef = (w[y] - w[s])[alive]
-    return last_cols[alive], coef, float(b[y] - b[s])
+    g = enc.E.T @ (w[y] - w[s])
+    nz = np.nonzero(g)[0]
+    return enc.cols[nz], g[nz], float((w[y] - w[s]) @ enc.c + b[y] - b[s])
 
 
 def abs_deviation(prog: Program, x: np.ndarray, x_cols: np.ndarray, lo, hi) -> np.ndarray:

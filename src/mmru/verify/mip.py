@@ -231,11 +231,11 @@ def mip_verify(
     if p == 1.0:
         t = abs_deviation(prog, xf, x_cols, lo, hi)
         prog.add_row(t, np.ones(len(t)), -INF, eps)
-    last = encode_relu_net(prog, net64, x_cols, hidden)
+    encoded = encode_relu_net(prog, net64, x_cols, hidden)
 
     undecided = set()  # why targets stayed open: "timeout" or "unknown"
     for s in problem.targets:
-        cols, coef, const = margin_row(net64, last, y, s)
+        cols, coef, const = margin_row(net64, encoded, y, s)
         cut = (cols, coef, -INF, tol - const)  # f_y - f_s <= +tol
         why = "unknown"  # a target stays open unless HiGHS proves its MILP infeasible
         # stop at a margin < -margin_tol; only if that point fails the re-check, minimise fully
@@ -354,12 +354,12 @@ def mip_min_distance(
             prog.add_row([x_cols[i], r], [1.0, -1.0], -INF, xf[i])
             prog.add_row([x_cols[i], r], [-1.0, -1.0], -INF, -xf[i])
         objective = {int(r): 1.0}
-    last = encode_relu_net(prog, net64, x_cols, hidden)
+    encoded = encode_relu_net(prog, net64, x_cols, hidden)
 
     best, best_point, best_target, lower, solved, timed_out = INF, None, None, INF, True, False
     options = {"mip_rel_gap": 1e-7, "mip_abs_gap": 1e-10}
     for s in (s for s in range(net.num_classes) if s != y):
-        cols, coef, const = margin_row(net64, last, y, s)
+        cols, coef, const = margin_row(net64, encoded, y, s)
         # The boundary f_y - f_s <= 0 first: its optimum bounds the distance from below. Its
         # minimiser is a tie; if no push along the ray makes it a counterexample (the margin
         # only touches 0 there), the closest point misclassified by STRICT_MARGIN instead.

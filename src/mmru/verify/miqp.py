@@ -71,13 +71,13 @@ def miqp_verify(
     lo, hi = (t[0].numpy() for t in ball.cube())
     prog = Program()
     x_cols = prog.add_cols(lo, hi)
-    last = encode_relu_net(prog, net64, x_cols, _numpy_bounds(problem.hidden))
+    encoded = encode_relu_net(prog, net64, x_cols, _numpy_bounds(problem.hidden))
     scip = ScipProgram(prog)
     scip.add_squared_distance(x_cols, xf, radius=float(eps))
 
     undecided = set()  # why targets stayed open: "timeout" or "unknown"
     for s in targets:
-        cols, coef, const = margin_row(net64, last, y, s)
+        cols, coef, const = margin_row(net64, encoded, y, s)
         cut = (cols, coef, -INF, tol - const)  # f_y - f_s <= +tol
         remaining = time_limit - (time.perf_counter() - start)
         if remaining <= 0:
@@ -140,7 +140,7 @@ def miqp_min_distance(
     lo, hi = (t[0].numpy() for t in ball.cube())
     prog = Program()
     x_cols = prog.add_cols(lo, hi)
-    last = encode_relu_net(prog, net64, x_cols, hidden)
+    encoded = encode_relu_net(prog, net64, x_cols, hidden)
     scip = ScipProgram(prog)
     # s >= ||x' - x||_2^2, at most the box's squared diameter or max_radius^2
     cap = float(np.sum(np.maximum(hi - xf, xf - lo) ** 2)) if max_radius is None else max_radius**2
@@ -151,7 +151,7 @@ def miqp_min_distance(
 
     best, best_point, best_target, lower_sq, solved, timed_out = INF, None, None, INF, True, False
     for s in (s for s in range(net.num_classes) if s != y):
-        cols, coef, const = margin_row(net64, last, y, s)
+        cols, coef, const = margin_row(net64, encoded, y, s)
         # the boundary f_y - f_s <= margin_tol first (its optimum bounds the distance from
         # below), then, if no push along the ray makes its tie a counterexample, the closest
         # point misclassified by STRICT_MARGIN (as mip.mip_min_distance)
