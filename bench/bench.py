@@ -12,10 +12,18 @@
   checkpoint ``--ckpt`` or, without one, cnn_small after ``--train-steps`` MMR-Universal steps
   on mnist5k (seed 0). Stage seconds are amortised over all points, decided earlier or not.
 
-The device is CUDA when torch sees one, else the CPU. On 2 idle CPU cores it takes a few minutes.
+* ``published_cascade``: wall seconds (and per stage) of the no-MIP cascade (KW, CROWN, strong
+  attacks; ``mmru.certify`` as certify.py runs it, batches of 100) on the first ``--published-points``
+  test points of each shipped published network (zoo/croce-hein-2020, MNIST and Fashion-MNIST),
+  with its LB / UB per norm; skipped, saying so, where ``make data`` has not placed the data.
+  Issue 16's goal: 1000 points x 3 norms in <= 15 minutes on 2 cores.
+
+The device is CUDA when torch sees one, else the CPU. On 2 idle CPU cores the training and certify
+parts take a few minutes, the published cascade about 5 minutes per network.
 
     python bench/bench.py [--out bench/bench.json] [--device cpu|cuda] [--compile auto|on|off]
                           [--ckpt FILE --data-dir DIR] [--points 5] [--mip-time-limit 10]
+                          [--parts train,certify,published] [--published-points 1000]
 """
 
 from __future__ import annotations
@@ -151,6 +159,40 @@ def certify_figures(args, device: torch.device) -> dict:
     return out
 
 
+#: the shipped published networks and their datasets (issue 16's cascade-cost goal)
+PUBLISHED = {"mnist": "zoo/croce-hein-2020/mmr_univ_mnist.mat", "fmnist": "zoo/croce-hein-2020/mmr_univ_fmnist.mat"}
+PAPER_EPS = {"l1": 1.0, "l2": 0.3, "linf": 0.1}  #: the paper's radii on both datasets
+
+
+def published_cascade_figures(args, device: torch.device) -> dict:
+    """Per published network: the no-MIP cascade's wall and stage seconds on the first points, LB and UB."""
+    from mmru.certification.api import certify
+    from mmru.data import DatasetUnavailable, RobustDataModule
+
+    root = Path(__file__).resolve().parent.parent
+    out = {"points": args.published_points, "bounds": ["kw", "crown"], "attack": "strong", "mip": False}
+    for dataset, model_file in PUBLISHED.items():
+        dm = RobustDataModule(dataset, args.data_dir, (1, 28, 28), 10, limit_test=args.published_points, download=False)
+        try:
+            dm.setup("test")
+        except DatasetUnavailable as err:  # the data is optional here: say why and go on
+            print(f"published {dataset}: skipped ({err}); run make data", flush=True)
+            out[dataset] = {"skipped": str(err)}
+            continue
+        n = min(args.published_points, len(dm.test_set))
+        x = torch.stack([dm.test_set[i][0] for i in range(n)])
+        y = torch.tensor([int(dm.test_set[i][1]) for i in range(n)])
+        start = time.perf_counter()
+        result = certify(str(root / model_file), x, y, PAPER_EPS, mip=False, device=str(device))
+        wall = time.perf_counter() - start
+        summary = result.summary
+        out[dataset] = {"model_file": model_file, "wall_seconds": wall,
+                        "bounds": {norm: {"lb": summary[norm]["lb"], "ub": summary[norm]["ub"]} for norm in NORMS}}
+        cells = ", ".join(f"{norm} {100 * summary[norm]['lb']:.1f}/{100 * summary[norm]['ub']:.1f}" for norm in NORMS)
+        print(f"published {dataset}: {n} points x 3 norms in {wall / 60:.1f} min (LB/UB % {cells})", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/bench.json"))
@@ -158,7 +200,8 @@ def main() -> None:
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="time torch.compile'd MMR-Universal steps (auto: on CUDA only)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--parts", default="train,certify", help="train, certify or both (comma-separated)")
+    parser.add_argument("--parts", default="train,certify,published",
+                        help="any of train, certify, published (comma-separated)")
     parser.add_argument("--skip-reference", action="store_true", help="do not time the (slow) reference geometry")
     parser.add_argument("--ckpt", default=None, help="certify this training checkpoint's net on its dataset")
     parser.add_argument("--data-dir", default="data")
@@ -167,6 +210,7 @@ def main() -> None:
     parser.add_argument("--attack", default="strong", choices=("none", "fast", "strong"))
     parser.add_argument("--mip-time-limit", type=float, default=10.0)
     parser.add_argument("--mip-workers", type=int, default=1)
+    parser.add_argument("--published-points", type=int, default=1000)
     args = parser.parse_args()
     device = torch.device(args.device)
     # fp32 geometry: TF32 would perturb the row norms the region distances divide by
@@ -190,6 +234,8 @@ def main() -> None:
         results["certify"] = certify_figures(args, device)
         per_point = results["certify"]["seconds_per_point"]
         ratios["certify_linf_over_l1"] = per_point["linf"]["total"] / per_point["l1"]["total"]
+    if "published" in parts:
+        results["published_cascade"] = published_cascade_figures(args, device)
     print(f"{results['hardware']}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
