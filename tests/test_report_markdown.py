@@ -22,6 +22,11 @@ def test_only_the_full_recipe_is_the_papers():
     tuned["run"]["init_from"] = {"path": "/zoo/mmr_univ_mnist.mat", "md5": "ebe4"}
     assert shortened(recipe_of(tuned)) == ["fine-tuned from mmr_univ_mnist.mat for 100 epochs"]
     assert "fine-tuned from mmr_univ_mnist.mat (md5 ebe4), full data" in describe(recipe_of(tuned))
+    # a cut no setting records, written into the recipe by hand, labels the row too
+    stopped = _summary()
+    stopped["recipe"]["cuts"] = ["l1 exact stage on 76 of 184 undecided points"]
+    assert shortened(recipe_of(stopped)) == ["l1 exact stage on 76 of 184 undecided points"]
+    assert describe(recipe_of(stopped)).startswith("SHORTENED (l1 exact stage on 76 of 184 undecided points)")
     # a summary without a recipe (older runs) is never taken for the paper's setting
     bare = recipe_of({"run": {"dataset": "mnist", "seed": 0}, "n_points": 1000})
     assert "? of 100 epochs" in shortened(bare)

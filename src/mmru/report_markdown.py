@@ -34,6 +34,9 @@ def recipe_of(summary: dict) -> dict:
         "certify_minutes": _minutes(recipe.get("certify_seconds")),
         "commit": recipe.get("commit"),
         "source": recipe.get("source") or run.get("source"),
+        # cuts no setting records, written into summary.json's recipe by whoever made them (e.g. an exact
+        # pass stopped before it reached every undecided point)
+        "cuts": list(recipe.get("cuts", [])),
     }
 
 
@@ -51,7 +54,7 @@ def shortened(recipe: dict) -> list[str]:
     if recipe["mip_seconds"] is None or recipe["mip_seconds"] < PAPER_MIP_SECONDS:
         cuts.append(f"MIP {recipe['mip_seconds'] if recipe['mip_seconds'] is not None else '?'} s of "
                     f"{PAPER_MIP_SECONDS:g} s")
-    return cuts
+    return cuts + recipe.get("cuts", [])
 
 
 def describe(recipe: dict) -> str:
