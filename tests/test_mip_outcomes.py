@@ -173,7 +173,7 @@ def _fake_solver(monkeypatch, status, point=None, dual_bound=-1.0) -> list[int]:
             values[: point.numel()] = point.flatten().tolist()
         info = SimpleNamespace(mip_dual_bound=dual_bound, primal_solution_status=2 if point is not None else 0)
         return SimpleNamespace(getModelStatus=lambda: status, getInfo=lambda: info,
-                               getSolution=lambda: SimpleNamespace(col_value=values))
+                               getSolution=lambda: SimpleNamespace(col_value=values, dual_valid=False))
 
     monkeypatch.setattr(milp.Program, "solve", solve)
     return calls

@@ -48,6 +48,7 @@ from mmru.verify.bounds import (
     rounding_tolerance,
 )
 from mmru.verify.ball import LpBall
+from mmru.verify import lp_tightening
 from mmru.verify.milp import Program, abs_deviation, encode_relu_net, margin_row
 
 INF = math.inf
@@ -199,6 +200,7 @@ def mip_verify(
     bounds: list[Bounds] | None = None,
     box: tuple[float, float] | None = (0.0, 1.0),
     margin_tol: float = MARGIN_TOL,
+    tighten_bounds: bool = True,
 ) -> MIPResult:
     """Decide whether f classifies every x' in the l_p ball (p in {1, 2, inf}) of radius eps as y.
 
@@ -209,6 +211,8 @@ def mip_verify(
     "robust" means that no x' with f_y - f_s <= +tol exists, tol = max(margin_tol, the
     rounding tolerance of the bounds); targets whose CROWN margin bound already exceeds tol
     are skipped (the same criterion, proven without a solver).
+    ``tighten_bounds`` (p = 1, inf): first tighten the big-M constants of the unstable units of layers
+    2.. by safe LP bounds (``lp_tightening``), within the same time limit.
     """
     if not (eps >= 0 and time_limit > 0 and margin_tol > 0):
         raise ValueError(f"need eps >= 0, time_limit > 0, margin_tol > 0; got {eps}, {time_limit}, {margin_tol}")
@@ -222,15 +226,21 @@ def mip_verify(
         return MIPResult("attacked", problem.x64[0], time.perf_counter() - start, -INF, None)
     net64, x64, ball, tol, bound = problem.net64, problem.x64, problem.ball, problem.tol, problem.margin_bound
     p = _check_p(p)
-    hidden = _numpy_bounds(problem.hidden)
     xf = x64.reshape(-1).numpy()
     lo, hi = (t[0].numpy() for t in ball.cube())
 
-    prog = Program()
-    x_cols = prog.add_cols(lo, hi)
-    if p == 1.0:
-        t = abs_deviation(prog, xf, x_cols, lo, hi)
-        prog.add_row(t, np.ones(len(t)), -INF, eps)
+    def input_program() -> tuple[Program, np.ndarray]:  # the ball ∩ box as columns and rows
+        prog = Program()
+        x_cols = prog.add_cols(lo, hi)
+        if p == 1.0:
+            t = abs_deviation(prog, xf, x_cols, lo, hi)
+            prog.add_row(t, np.ones(len(t)), -INF, eps)
+        return prog, x_cols
+
+    hidden = _numpy_bounds(problem.hidden)
+    if problem.targets and tighten_bounds:
+        hidden = lp_tightening.tighten(net64, input_program, hidden, start + time_limit)
+    prog, x_cols = input_program()
     encoded = encode_relu_net(prog, net64, x_cols, hidden)
 
     undecided = set()  # why targets stayed open: "timeout" or "unknown"
