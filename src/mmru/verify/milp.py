@@ -70,8 +70,9 @@ class Program:
         m = lp.a_matrix_
         m.format_, m.num_col_, m.num_row_ = highspy.MatrixFormat.kRowwise, n, len(rows)
         m.start_ = np.concatenate([[0], np.cumsum([len(r[0]) for r in rows])]).astype(np.int32)
-        m.index_ = np.concatenate([r[0] for r in rows]).astype(np.int32)
-        m.value_ = np.concatenate([r[1] for r in rows])
+        # (a program may have no rows: an LP relaxation over the box whose units below are all stable)
+        m.index_ = np.concatenate([np.zeros(0, np.int32)] + [r[0] for r in rows]).astype(np.int32)
+        m.value_ = np.concatenate([np.zeros(0)] + [r[1] for r in rows])
         kinds = np.full(n, highspy.HighsVarType.kContinuous)
         kinds[self.binary] = highspy.HighsVarType.kInteger
         lp.integrality_ = kinds.tolist()
