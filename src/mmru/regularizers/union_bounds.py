@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mmru.balls import dual_exponent
 from mmru.models import ReLUNet
 from mmru.verify import affine
-from mmru.verify.ball import LpBall, batched_dot
+from mmru.verify.ball import LpBall
 from mmru.verify.ibp import ibp_linear, ibp_step
 from mmru.verify.relaxation import relax
 
@@ -76,6 +76,12 @@ def ibp_hidden_bounds(net: ReLUNet, ball: LpBall) -> list[Bounds]:
     return bounds
 
 
+def _dot(lam: Tensor, v: Tensor) -> Tensor:
+    """<lam_i, v_b> as [B, m] for lam [B, m, d], v [B, d]: ``batched_dot`` as a product and a sum, whose
+    backward is a broadcast product (einsum's is a batched outer product, 10x slower here)."""
+    return (lam * v.unsqueeze(-2)).sum(-1)
+
+
 def crown_lower(net: ReLUNet, spec: Tensor, ball: LpBall, hidden: list[Bounds]) -> Tensor:
     """Lower bounds [B, m] on spec f(x') over the ball, spec [B, m, K]: CROWN's relaxations of
     the ReLUs with pre-activation bounds ``hidden``, back-substituted (``backsubstitute``'s
@@ -84,12 +90,17 @@ def crown_lower(net: ReLUNet, spec: Tensor, ball: LpBall, hidden: list[Bounds]) 
     lam, const = affine.transpose(net, last, spec), affine.bias_dot(net, last, spec)
     for j in reversed(range(last)):
         r = relax(hidden[j], adaptive=True)
-        # a negative coefficient takes the upper line slope z + intercept, a positive one alpha z
-        const = const + batched_dot(lam.clamp(max=0), r.intercept)
-        lam = lam * torch.where(lam >= 0, r.lower_slope.unsqueeze(1), r.slope.unsqueeze(1))
+        # a negative coefficient takes the upper line slope z + intercept, a positive one alpha z;
+        # split by relu rather than ``where`` (5x slower on CPU, forward and backward), and exact:
+        # each entry of pos and neg is the coefficient itself or 0
+        pos = torch.relu(lam)
+        neg = lam - pos
+        const = const + _dot(neg, r.intercept)
+        lam = neg * r.slope.unsqueeze(1) + pos * r.lower_slope.unsqueeze(1)
         const = const + affine.bias_dot(net, j, lam)
         lam = affine.transpose(net, j, lam)
-    return const + ball.linear_bounds(lam)[0]
+    lo, hi = ball.cube()
+    return const + ball.extremes(lam, ball.center, lo, hi, _dot, ball.radius())[0]
 
 
 def margin_bounds(net: ReLUNet, x: Tensor, y: Tensor, eps: float, p: float, beta: float = 0.0) -> Tensor:
@@ -97,11 +108,14 @@ def margin_bounds(net: ReLUNet, x: Tensor, y: Tensor, eps: float, p: float, beta
 
     ``beta`` mixes the two bounds of CROWN-IBP's objective, beta * CROWN-IBP + (1 - beta) * IBP
     (Zhang et al. 2020, eq. 8): both sound, so the mix is too. beta = 0 (IBP alone) skips the
-    back-substitution.
+    back-substitution. Only the K - 1 rows e_y - e_s, s != y, are propagated (row y is zero).
     """
     ball = LpBall(x.flatten(1), eps, float(p), (0.0, 1.0))
-    eye = torch.eye(net.num_classes, dtype=x.dtype, device=x.device)
-    spec = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # rows e_y - e_s, [B, K, K]; row y is zero
+    k = net.num_classes
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    step = torch.arange(k - 1, device=x.device).unsqueeze(0)
+    others = step + (step >= y.unsqueeze(1))  # [B, K - 1]: the classes s != y in order
+    spec = eye[y].unsqueeze(1) - eye[others]  # rows e_y - e_s, [B, K - 1, K]
     if len(net.layers) == 1:  # a linear net: its margins are linear in x, bounded as the first layer
         lower = ball.linear_bounds(affine.transpose(net, 0, spec))[0] + affine.bias_dot(net, 0, spec)
     else:
@@ -109,4 +123,4 @@ def margin_bounds(net: ReLUNet, x: Tensor, y: Tensor, eps: float, p: float, beta
         lower = ibp_linear(net, len(net.layers) - 1, spec, hidden[-1])[0]
         if beta > 0:
             lower = beta * crown_lower(net, spec, ball, hidden) + (1 - beta) * lower
-    return lower.masked_fill(spec.abs().sum(-1) == 0, 0.0)
+    return lower.new_zeros(len(y), k).scatter(1, others, lower)
