@@ -2,7 +2,8 @@
 
 * ``train_step``: cnn_small, MNIST shapes, batch 128, fp32 (TF32 off), forward + backward, median
   ms: plain cross-entropy, MMR-Universal with the fast geometry and with the reference geometry
-  (the authors' method, ``bench_regions.py``), and, where it is measured (by default on CUDA;
+  (the authors' method, ``bench_regions.py``), the union schemes ``ibp_union`` and ``crown_ibp_union``
+  (mid-ramp: radii at half, beta 0.5; issue 17's goal: <= 10x and <= 30x plain), and, where it is measured (by default on CUDA;
   ``--compile on`` elsewhere), MMR-Universal through ``torch.compile`` (default and
   reduce-overhead modes on CUDA), with its compile seconds and its largest gradient difference
   from the eager step.
@@ -41,9 +42,11 @@ from bench_regions import measure  # noqa: E402
 
 from mmru.models import cnn_small  # noqa: E402
 from mmru.provenance import commit, hardware  # noqa: E402
+from mmru.regularizers.ibp_union import CROWNIBPUnion, IBPUnion  # noqa: E402
 from mmru.regularizers.universal import MMRUniversal  # noqa: E402
 
 NORMS = ("l1", "l2", "linf")
+UNION_EPS = {"l1": 1.0, "l2": 0.3, "linf": 0.1}
 
 
 def _universal() -> MMRUniversal:
@@ -67,8 +70,14 @@ def train_step_figures(device: torch.device, compile_modes: list[str], repeats: 
 
     fast, slow = _universal(), MMRUniversal(3.0, 12.0, 1.0, 0.15, geometry="reference")
     out = {"batch": 128, "model": "cnn_small"}
+    ibp, crown_ibp = (scheme(UNION_EPS, warmup_epochs=1.0, ramp_epochs=2.0) for scheme in (IBPUnion, CROWNIBPUnion))
+    for scheme in (ibp, crown_ibp):  # the middle of the ramp: radii x 0.5, kappa 0.75, beta 0.5
+        scheme.on_epoch_start(2, 10)
+        scheme.on_step_start(2.0)
     runs = [("plain_ce", lambda: F.cross_entropy(net(x), y), repeats),
-            ("mmr_universal", lambda: fast.training_loss(net, x, y).loss, repeats)]
+            ("mmr_universal", lambda: fast.training_loss(net, x, y).loss, repeats),
+            ("ibp_union", lambda: ibp.training_loss(net, x, y).loss, repeats),
+            ("crown_ibp_union", lambda: crown_ibp.training_loss(net, x, y).loss, repeats)]
     if reference:
         runs.append(("mmr_universal_reference", lambda: slow.training_loss(net, x, y).loss, 1))
     for name, fn, n in runs:
@@ -223,7 +232,8 @@ def main() -> None:
     ratios = results["ratios"] = {}
     if "train" in parts:
         results["train_step"] = steps = train_step_figures(device, modes, args.repeats, not args.skip_reference)
-        ratios["mmr_universal_over_plain_ce"] = steps["mmr_universal"]["ms"] / steps["plain_ce"]["ms"]
+        for name in ("mmr_universal", "ibp_union", "crown_ibp_union"):
+            ratios[f"{name}_over_plain_ce"] = steps[name]["ms"] / steps["plain_ce"]["ms"]
         if not args.skip_reference:
             ratios["reference_over_fast"] = steps["mmr_universal_reference"]["ms"] / steps["mmr_universal"]["ms"]
         for mode in modes:
