@@ -120,6 +120,29 @@ def test_validation_split_is_certified_on_the_held_out_training_points(checkpoin
     assert test_labels != labels
 
 
+def test_a_model_files_validation_split_is_the_one_train_py_holds_out(tmp_path, certified_points):
+    """model_file= with split=val certifies the points train.py holds out at dataset.val_fraction and seed
+    val_seed (a fine-tune of the file and the file itself compared on the same points); without the
+    fraction, one sentence."""
+    from pathlib import Path
+
+    mat = Path(__file__).resolve().parents[1] / "zoo" / "croce-hein-2020" / "mmr_univ_mnist.mat"
+    base = [f"model_file={mat}", "dataset=mnist5k", "split=val", *FAST, "n_points=4", "attack=none",
+            "bounds=[crown]"]
+    for seed in (0, 3):
+        certified_points.clear()
+        run_certification(compose_config("certify", [*base, f"out_dir={tmp_path / str(seed)}",
+                                                     f"dataset.val_fraction={VAL_FRACTION}", f"val_seed={seed}"]))
+        data = build_datamodule(compose_train_config([f"dataset.val_fraction={VAL_FRACTION}", f"seed={seed}"],
+                                                     tmp_path))
+        data.setup("fit")
+        assert [i for i, _ in certified_points] == list(range(4))
+        for index, x in certified_points:
+            assert torch.equal(x, data.val_set[index][0])
+    with pytest.raises(Exception, match="split=val with model_file= needs dataset.val_fraction"):
+        run_certification(compose_config("certify", [*base, f"out_dir={tmp_path / 'none'}"]))
+
+
 def test_shards_merge_into_the_single_run_row(checkpoint, tmp_path):
     # Without attacks every stage is deterministic, so the rows must agree exactly.
     deterministic = ["attack=none"]

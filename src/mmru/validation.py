@@ -164,6 +164,7 @@ CERTIFY_OPTIONS: dict[str, Check] = {
     **{f"eps.{name}": optional(POSITIVE) for name in NORM_NAMES},
     "norms": list_of(NORM_NAMES, nonempty=True),
     "split": one_of("test", "val"),
+    "val_seed": NON_NEGATIVE_INT,
     "n_points": POSITIVE_INT,
     "batch_size": POSITIVE_INT,
     "shard": NON_NEGATIVE_INT,

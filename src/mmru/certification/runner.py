@@ -132,7 +132,11 @@ def _load_net(cfg: DictConfig) -> tuple[ReLUNet, dict]:
     from mmru.convert import load_model  # torch.fx and onnx, only for models from elsewhere
 
     net = load_model(cfg.model_file, cfg.get("arch"), tuple(cfg.dataset.input_shape))
-    return net.eval(), model_file_run(cfg.model_file, cfg.dataset.name, dict(cfg.dataset.eps))
+    run = model_file_run(cfg.model_file, cfg.dataset.name, dict(cfg.dataset.eps))
+    # split=val: the points train.py holds out with this fraction and seed (e.g. to compare the published
+    # networks with fine-tunes of them on the fine-tunes' own validation split)
+    run.update(val_fraction=float(cfg.dataset.get("val_fraction") or 0.0), seed=int(cfg.val_seed))
+    return net.eval(), run
 
 
 def _device(name: str) -> str:
@@ -172,6 +176,9 @@ def _dataset(cfg: DictConfig, run: dict, net: ReLUNet):
                         f"in {net.num_classes}: the shapes do not match")
     val_fraction = float(run.get("val_fraction") or 0.0)
     if cfg.split == "val" and not val_fraction > 0:
+        if cfg.get("model_file") is not None:
+            raise UserError("split=val with model_file= needs dataset.val_fraction=<f> > 0: the fraction of the "
+                            "training set train.py held out (with seed val_seed, default 0)")
         raise UserError("split=val needs a model trained with dataset.val_fraction > 0 (it has no validation split)")
     dm = RobustDataModule(name, cfg.data_dir, net.input_shape, net.num_classes, download=cfg.download,
                           val_fraction=val_fraction, seed=int(run.get("seed", 0)))
