@@ -323,8 +323,8 @@ def test_mip_norms_picks_the_norms_the_mip_runs_for(monkeypatch):
     x, y = _points(net, 4, seed=20)
     seen = []
     monkeypatch.setattr("mmru.certification.mip_pool.mip_verify",
-                        lambda net64, xq, yq, eps, p, time_limit: seen.append(p) or mip_verify(
-                            net64, xq, yq, eps, p, time_limit=time_limit))
+                        lambda net64, xq, yq, eps, p, time_limit, **kw: seen.append(p) or mip_verify(
+                            net64, xq, yq, eps, p, time_limit=time_limit, **kw))
     eps = {"l1": 0.1, "l2": 0.1}
     for norms, expected in ((("l1",), {1.0}), (("l1", "l2", "linf"), {1.0, 2.0})):
         seen.clear()
@@ -333,6 +333,35 @@ def test_mip_norms_picks_the_norms_the_mip_runs_for(monkeypatch):
         assert set(seen) == expected, (norms, seen)
         if norms == ("l1",):
             assert all(r.certified_by != "mip" and r.attacked_by != "mip" for r in records if r.norm == "l2")
+
+
+def test_mip_tighten_norms_picks_the_milps_that_tighten_first(monkeypatch):
+    """By default only the l_inf MILPs tighten their big-M constants by LP; mip_tighten_norms=[l1, linf]
+    both, [] none; the recipe records the choice and a bad name is refused."""
+    net = _net(0)
+    x, y = _points(net, 2, seed=20)
+    seen = {}
+    monkeypatch.setattr("mmru.certification.mip_pool.mip_verify",
+                        lambda net64, xq, yq, eps, p, time_limit, tighten_bounds: seen.setdefault(
+                            p, set()).add(tighten_bounds) or mip_verify(net64, xq, yq, eps, p, time_limit=time_limit,
+                                                                        tighten_bounds=tighten_bounds))
+    eps = {"l1": 0.1, "linf": 0.02}
+    for norms, expected in ((None, {1.0: {False}, INF: {True}}), (("l1", "linf"), {1.0: {True}, INF: {True}}),
+                            ((), {1.0: {False}, INF: {False}})):
+        seen.clear()
+        extra = {} if norms is None else {"mip_tighten_norms": norms}
+        options = CascadeOptions(bounds=(), attack="none", mip=True, mip_time_limit=300, **extra)
+        certify_batch(net, list(range(len(x))), x, y, eps, options, defaultdict(float))
+        assert seen == expected, (norms, seen)
+    from mmru.certification.runner import _recipe
+
+    assert _recipe({}, CascadeOptions(), [], 0.0, 1)["mip_tighten_norms"] == ["linf"]
+    assert compose_config("certify", ["ckpt=x.ckpt"]).mip_tighten_norms == ["linf"]
+    with pytest.raises(ConfigError, match=r"^mip_tighten_norms must be a list of distinct names from l1, linf"):
+        validate_certify_config(compose_config("certify", ["ckpt=x.ckpt", "mip_tighten_norms=[l2]"]))
+    with pytest.raises(ConfigError, match="mip_tighten_norms must be"):
+        mmru.certify(mlp((4,), 3, (8,)), torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), {"l1": 0.1},
+                     mip_tighten_norms=["l2"])
 
 
 @pytest.mark.parametrize("override, value", [

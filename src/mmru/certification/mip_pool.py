@@ -32,11 +32,13 @@ class MIPJob:
     eps: float
     p: float
     time_limit: float
+    tighten_bounds: bool = True  #: LP tightening of the big-M constants first (l1, l_inf)
 
 
 def solve(net64: ReLUNet, job: MIPJob) -> MIPResult:
     """One job, in whichever process runs it."""
-    return mip_verify(net64, job.x, job.y, job.eps, job.p, time_limit=job.time_limit)
+    return mip_verify(net64, job.x, job.y, job.eps, job.p, time_limit=job.time_limit,
+                      tighten_bounds=job.tighten_bounds)
 
 
 def _init_worker() -> None:
