@@ -247,7 +247,8 @@ def test_the_cascade_records_each_mip_outcome(monkeypatch):
     for name, outcome in outcomes.items():
         calls = []
 
-        def fake(net64, xq, yq, eps_q, p, time_limit, tighten_bounds=True, outcome=outcome, calls=calls):
+        def fake(net64, xq, yq, eps_q, p, time_limit, tighten_bounds=True, solver="highs", outcome=outcome,
+                 calls=calls):
             i = next(j for j in range(len(x)) if torch.equal(x[j].double(), xq.reshape(-1)))
             calls.append(i)
             return outcome(i)

@@ -1,5 +1,5 @@
 """The exact MIP (HiGHS) on tiny nets: minimal adversarial distances against a brute-force
-grid, agreement of ``mip_verify`` with them, counterexamples that pass the project's one check
+grid, agreement of ``mip_verify`` with them (HiGHS and SCIP deciding the same l_1 / l_inf MILPs), counterexamples that pass the project's one check
 (``check_adversarial``), and the soundness of every bound-propagation certificate against the
 exact distance. Time limits are generous; a test relies on a solve only once HiGHS proved it
 (optimal or infeasible), and skips, saying so, where the solver reports its time limit."""
@@ -55,7 +55,7 @@ def _exact(net: ReLUNet, x: torch.Tensor, y: int, p: float):
 def _decided(net: ReLUNet, x: torch.Tensor, y: int, eps: float, p: float, **kwargs):
     res = mip_verify(net, x, y, eps, p, time_limit=300, **kwargs)
     if res.status == "timeout":
-        pytest.skip(f"HiGHS reached its 300 s time limit on a tiny MILP (p={p})")
+        pytest.skip(f"the solver reached its 300 s time limit on a tiny MILP (p={p}, {kwargs})")
     return res
 
 
@@ -82,8 +82,9 @@ def test_min_distance_matches_a_brute_force_grid(p):
 
 @pytest.mark.parametrize("p", [1.0, INF])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_certificates_and_mip_verify_agree_with_the_exact_distance(p, seed):
-    """Certified at eps => eps < d*; MIP robust below d*, attacked (checked) above it."""
+@pytest.mark.parametrize("solver", ["highs", "scip"])
+def test_certificates_and_mip_verify_agree_with_the_exact_distance(p, seed, solver):
+    """Certified at eps => eps < d*; MIP robust below d*, attacked (checked) above it, by either solver."""
     net = _net(seed)
     x, y = _correct_points(net, 3, seed=10 + seed)
     certified_somewhere = 0
@@ -99,7 +100,7 @@ def test_certificates_and_mip_verify_agree_with_the_exact_distance(p, seed):
                 assert not (ok and factor > 1), (method, factor)
                 certified_somewhere += ok
             if factor in (0.95, 1.05):
-                res = _decided(net, x[i], int(y[i]), eps, p)
+                res = _decided(net, x[i], int(y[i]), eps, p, solver=solver)
                 assert res.status == ("robust" if factor < 1 else "attacked")
                 if res.status == "attacked":  # the very check the cascade applies
                     assert _is_counterexample(net, x[i], res.counterexample, int(y[i]), eps, p)
@@ -108,9 +109,10 @@ def test_certificates_and_mip_verify_agree_with_the_exact_distance(p, seed):
     assert certified_somewhere > 0
 
 
-def test_mip_on_a_conv_net():
-    """A conv net is encoded through its dense rows: robust below d*, attacked above it, and
-    CROWN-certified only below it."""
+@pytest.mark.parametrize("solver", ["highs", "scip"])
+def test_mip_on_a_conv_net(solver):
+    """A conv net is encoded through its dense rows: robust below d*, attacked above it (by either
+    solver, the big-M constants LP-tightened or the caller's), and CROWN-certified only below it."""
     layers = [nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.Conv2d(2, 3, 2), nn.Linear(12, 3)]
     net = through_the_box(ReLUNet(layers, (1, 6, 6)).double(), 3)
     x = torch.rand(1, 1, 6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -121,10 +123,10 @@ def test_mip_on_a_conv_net():
         assert d.point is not None
         for factor in (0.9, 1.1):
             eps = factor * d.distance
-            res = _decided(net, x[0], int(y[0]), eps, p)
+            res = _decided(net, x[0], int(y[0]), eps, p, solver=solver)
             assert res.status == ("robust" if factor < 1 else "attacked")
             given = layer_bounds(net, x, eps, p, "kw")  # big-M constants supplied by the caller
-            assert _decided(net, x[0], int(y[0]), eps, p, bounds=given).status == res.status
+            assert _decided(net, x[0], int(y[0]), eps, p, bounds=given, solver=solver).status == res.status
             if factor > 1:
                 assert not certify(net, x, y, eps, p, "crown").any()
                 assert _is_counterexample(net, x[0], res.counterexample, int(y[0]), eps, p)

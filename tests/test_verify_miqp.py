@@ -50,9 +50,15 @@ def _least_squared_distance(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> floa
     f[-1] = 1.0
     u, _ = nnls(e, f, maxiter=50 * len(h))
     r = e @ u - f
-    if np.linalg.norm(r) < 1e-12 or r[-1] > -1e-12:  # the residual vanishes iff infeasible
+    # At NNLS's optimum ||r||^2 = -r_{d+1} and the program's minimum is ||v||^2 = -1/r_{d+1} - 1, so
+    # r_{d+1} -> 0 means infeasible. A feasible x' lies in the box, ||v||^2 <= d: a larger value is
+    # an empty region whose residual only rounding kept from 0 (a fixed 1e-12 cut-off let those
+    # through as far too short distances, with v violating the rows).
+    if not r[-1] < 0 or -1.0 / r[-1] - 1.0 > d * (1 + 1e-9):
         return None
     v = -r[:d] / r[-1]
+    x_near = c + v
+    assert (a @ x_near <= b + 1e-7).all() and (x_near >= -1e-7).all() and (x_near <= 1 + 1e-7).all()
     return float(v @ v)
 
 
@@ -342,9 +348,9 @@ def test_mip_tighten_norms_picks_the_milps_that_tighten_first(monkeypatch):
     x, y = _points(net, 2, seed=20)
     seen = {}
     monkeypatch.setattr("mmru.certification.mip_pool.mip_verify",
-                        lambda net64, xq, yq, eps, p, time_limit, tighten_bounds: seen.setdefault(
+                        lambda net64, xq, yq, eps, p, time_limit, tighten_bounds, **kw: seen.setdefault(
                             p, set()).add(tighten_bounds) or mip_verify(net64, xq, yq, eps, p, time_limit=time_limit,
-                                                                        tighten_bounds=tighten_bounds))
+                                                                        tighten_bounds=tighten_bounds, **kw))
     eps = {"l1": 0.1, "linf": 0.02}
     for norms, expected in ((None, {1.0: {False}, INF: {True}}), (("l1", "linf"), {1.0: {True}, INF: {True}}),
                             ((), {1.0: {False}, INF: {False}})):
@@ -362,6 +368,43 @@ def test_mip_tighten_norms_picks_the_milps_that_tighten_first(monkeypatch):
     with pytest.raises(ConfigError, match="mip_tighten_norms must be"):
         mmru.certify(mlp((4,), 3, (8,)), torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), {"l1": 0.1},
                      mip_tighten_norms=["l2"])
+
+
+def test_mip_scip_norms_picks_the_solver_of_each_milp(monkeypatch):
+    """By default SCIP solves the l1 MILPs and HiGHS the l_inf ones (l2: SCIP always);
+    mip_scip_norms=[l1, linf] sends both to SCIP, [] both to HiGHS; the decisions stay those of a
+    correct solver, the recipe records the choice and a bad name is refused."""
+    net = _net(0)
+    x, y = _points(net, 2, seed=20)
+    seen = {}
+    monkeypatch.setattr("mmru.certification.mip_pool.mip_verify",
+                        lambda net64, xq, yq, eps, p, time_limit, solver, **kw: seen.setdefault(
+                            p, set()).add(solver) or mip_verify(net64, xq, yq, eps, p, time_limit=time_limit,
+                                                                solver=solver, **kw))
+    eps = {"l1": 0.1, "l2": 0.1, "linf": 0.02}
+    decided = {}
+    for norms, expected in ((None, {1.0: {"scip"}, 2.0: {"scip"}, INF: {"highs"}}),
+                            (("l1", "linf"), {1.0: {"scip"}, 2.0: {"scip"}, INF: {"scip"}}),
+                            ((), {1.0: {"highs"}, 2.0: {"scip"}, INF: {"highs"}})):
+        seen.clear()
+        extra = {} if norms is None else {"mip_scip_norms": norms}
+        options = CascadeOptions(bounds=(), attack="none", mip=True, mip_time_limit=300, **extra)
+        records = certify_batch(net, list(range(len(x))), x, y, eps, options, defaultdict(float))
+        assert seen == expected, (norms, seen)
+        outcome = {(r.index, r.norm): r.status for r in records}
+        assert "undecided" not in outcome.values()
+        assert decided.setdefault("first", outcome) == outcome  # both solvers decide alike
+    from mmru.certification.runner import _recipe
+
+    assert _recipe({}, CascadeOptions(), [], 0.0, 1)["mip_scip_norms"] == ["l1"]
+    assert compose_config("certify", ["ckpt=x.ckpt"]).mip_scip_norms == ["l1"]
+    with pytest.raises(ConfigError, match=r"^mip_scip_norms must be a list of distinct names from l1, linf"):
+        validate_certify_config(compose_config("certify", ["ckpt=x.ckpt", "mip_scip_norms=[l2]"]))
+    with pytest.raises(ConfigError, match="mip_scip_norms must be"):
+        mmru.certify(mlp((4,), 3, (8,)), torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), {"l1": 0.1},
+                     mip_scip_norms=["l2"])
+    with pytest.raises(ValueError, match="solver must be 'highs' or 'scip'"):
+        mip_verify(net, x[0], int(y[0]), 0.1, 1.0, solver="gurobi")
 
 
 @pytest.mark.parametrize("override, value", [

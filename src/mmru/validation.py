@@ -174,6 +174,7 @@ CERTIFY_OPTIONS: dict[str, Check] = {
     "mip": BOOL,
     "mip_norms": list_of(NORM_NAMES, nonempty=True),
     "mip_tighten_norms": list_of(("l1", "linf"), nonempty=False),
+    "mip_scip_norms": list_of(("l1", "linf"), nonempty=False),
     "mip_time_limit": POSITIVE,
     "radii": BOOL,
     "retry_undecided": BOOL,

@@ -1,7 +1,7 @@
 """The cascade's exact MIP solves, one point each, in this process or in N worker processes.
 
 Each solve (:func:`mmru.verify.mip_verify`) is independent of the others and deterministic
-(HiGHS with one thread and a fixed seed), so running the points of a batch in parallel worker
+(HiGHS or SCIP, with one thread and a fixed seed), so running the points of a batch in parallel worker
 processes changes nothing but the wall time: the results come back in the points' order and
 are the same as in this process (a test compares them), except where a time limit stops a
 solve, whose outcome depends on the machine's speed either way. Workers are spawned (not
@@ -33,12 +33,13 @@ class MIPJob:
     p: float
     time_limit: float
     tighten_bounds: bool = True  #: LP tightening of the big-M constants first (l1, l_inf)
+    solver: str = "highs"  #: "highs" or "scip" for l1 and l_inf (l2: SCIP always)
 
 
 def solve(net64: ReLUNet, job: MIPJob) -> MIPResult:
     """One job, in whichever process runs it."""
     return mip_verify(net64, job.x, job.y, job.eps, job.p, time_limit=job.time_limit,
-                      tighten_bounds=job.tighten_bounds)
+                      tighten_bounds=job.tighten_bounds, solver=job.solver)
 
 
 def _init_worker() -> None:

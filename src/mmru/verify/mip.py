@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import highspy
@@ -168,7 +169,7 @@ class DecisionProblem:
 
 def decision_problem(net: ReLUNet, x: torch.Tensor, y: int, eps: float, p: float, bounds: list[Bounds] | None,
                      box: tuple[float, float] | None, margin_tol: float) -> DecisionProblem:
-    """The shared start of ``mip_verify`` and ``miqp.miqp_verify`` (arguments as theirs): CROWN in
+    """The shared start of ``mip_verify`` and ``miqp.scip_verify`` (arguments as theirs): CROWN in
     float64 over the ball when ``bounds`` is None; tol = max(margin_tol, the bounds' rounding tolerance);
     targets whose CROWN margin bound exceeds tol are proven without a solver and left out."""
     if not (eps >= 0 and margin_tol > 0):
@@ -190,6 +191,33 @@ def decision_problem(net: ReLUNet, x: torch.Tensor, y: int, eps: float, p: float
     return DecisionProblem(net64, x64, False, ball, passes["crown"], tol, bound, targets)
 
 
+def linear_input_program(problem: DecisionProblem, eps: float, p: float) -> Callable[[], tuple[Program, np.ndarray]]:
+    """A builder of the program's input part: the ball's cube ∩ box as column bounds and, for p = 1,
+    the rows of sum_i |x'_i - x_i| <= eps (p = 2 adds its quadratic constraint in SCIP, ``miqp``)."""
+    xf = problem.x64.reshape(-1).numpy()
+    lo, hi = (t[0].numpy() for t in problem.ball.cube())
+
+    def input_program() -> tuple[Program, np.ndarray]:
+        prog = Program()
+        x_cols = prog.add_cols(lo, hi)
+        if p == 1.0:
+            t = abs_deviation(prog, xf, x_cols, lo, hi)
+            prog.add_row(t, np.ones(len(t)), -INF, eps)
+        return prog, x_cols
+
+    return input_program
+
+
+def big_m_bounds(problem: DecisionProblem, input_program, tighten: bool, deadline: float) -> list[np.ndarray]:
+    """The hidden layers' bounds for the big-M constants: CROWN's, first tightened by LP
+    (``lp_tightening``, over ``input_program``'s set, until ``deadline``) when ``tighten`` and some
+    target is left to a solver."""
+    hidden = _numpy_bounds(problem.hidden)
+    if problem.targets and tighten:
+        hidden = lp_tightening.tighten(problem.net64, input_program, hidden, deadline)
+    return hidden
+
+
 def mip_verify(
     net: ReLUNet,
     x: torch.Tensor,
@@ -201,10 +229,12 @@ def mip_verify(
     box: tuple[float, float] | None = (0.0, 1.0),
     margin_tol: float = MARGIN_TOL,
     tighten_bounds: bool = True,
+    solver: str = "highs",
 ) -> MIPResult:
     """Decide whether f classifies every x' in the l_p ball (p in {1, 2, inf}) of radius eps as y.
 
-    p = 2 goes to ``miqp.miqp_verify`` (SCIP, a quadratic constraint), under the same rules.
+    ``solver``: "highs" or "scip" for p = 1 and inf. p = 2 (a quadratic constraint) and
+    solver="scip" go to ``miqp.scip_verify``, under the same rules and on the same program.
 
     ``bounds``: pre-activation bounds of the hidden layers (e.g. ``layer_bounds(...)``, logits
     entry ignored) valid over this ball for this single point; CROWN in float64 when None.
@@ -216,30 +246,20 @@ def mip_verify(
     """
     if not (eps >= 0 and time_limit > 0 and margin_tol > 0):
         raise ValueError(f"need eps >= 0, time_limit > 0, margin_tol > 0; got {eps}, {time_limit}, {margin_tol}")
-    if _check_p(p) == 2.0:
-        from mmru.verify.miqp import miqp_verify  # imports this module
+    if solver not in ("highs", "scip"):
+        raise ValueError(f"solver must be 'highs' or 'scip', got {solver!r}")
+    if _check_p(p) == 2.0 or solver == "scip":
+        from mmru.verify.miqp import scip_verify  # imports this module
 
-        return miqp_verify(net, x, y, eps, time_limit, bounds, box, margin_tol)
+        return scip_verify(net, x, y, eps, p, time_limit, bounds, box, margin_tol, tighten_bounds)
     start = time.perf_counter()
     problem = decision_problem(net, x, y, eps, p, bounds, box, margin_tol)
     if problem.misclassified:
         return MIPResult("attacked", problem.x64[0], time.perf_counter() - start, -INF, None)
-    net64, x64, ball, tol, bound = problem.net64, problem.x64, problem.ball, problem.tol, problem.margin_bound
+    net64, x64, tol, bound = problem.net64, problem.x64, problem.tol, problem.margin_bound
     p = _check_p(p)
-    xf = x64.reshape(-1).numpy()
-    lo, hi = (t[0].numpy() for t in ball.cube())
-
-    def input_program() -> tuple[Program, np.ndarray]:  # the ball ∩ box as columns and rows
-        prog = Program()
-        x_cols = prog.add_cols(lo, hi)
-        if p == 1.0:
-            t = abs_deviation(prog, xf, x_cols, lo, hi)
-            prog.add_row(t, np.ones(len(t)), -INF, eps)
-        return prog, x_cols
-
-    hidden = _numpy_bounds(problem.hidden)
-    if problem.targets and tighten_bounds:
-        hidden = lp_tightening.tighten(net64, input_program, hidden, start + time_limit)
+    input_program = linear_input_program(problem, eps, p)
+    hidden = big_m_bounds(problem, input_program, tighten_bounds, start + time_limit)
     prog, x_cols = input_program()
     encoded = encode_relu_net(prog, net64, x_cols, hidden)
 

@@ -1,10 +1,11 @@
-"""Exact verification of a ReLUNet in l_2: the MIP of ``mip`` with a convex quadratic constraint.
+"""Exact verification of a ReLUNet by SCIP: l_2 (the MIP of ``mip`` with a convex quadratic
+constraint), and l_1 / l_inf when SCIP is chosen over HiGHS for them.
 
-The network is encoded exactly as for l_1 and l_inf (``milp.encode_relu_net``, big-M constants
-from CROWN over the l_2 ball ∩ box); the input set {x' in [0, 1]^d : ||x' - x||_2 <= eps} is the
-ball's cube [x - eps, x + eps] ∩ [0, 1] (column bounds) and sum_i (x'_i - x_i)^2 <= eps^2. SCIP
-solves it (``scip_program``). ``mip.mip_verify`` and ``mip.mip_min_distance`` dispatch p = 2
-here, and the decision rules are theirs (``mip``'s docstring):
+The network is encoded exactly as for HiGHS (``milp.encode_relu_net``, big-M constants from CROWN
+over the ball ∩ box, LP-tightened on request for l_1 / l_inf); the input set is the ball's cube
+∩ [0, 1] (column bounds), plus sum_i (x'_i - x_i)^2 <= eps^2 for l_2 or ``mip``'s linear rows
+for l_1. SCIP solves it (``scip_program``). ``mip.mip_verify`` and ``mip.mip_min_distance``
+dispatch here, and the decision rules are theirs (``mip``'s docstring):
   * "robust" only when, for every target s, CROWN's margin bound exceeds tol or SCIP proves
     {f_y - f_s <= +tol} infeasible, tol = max(margin_tol, the rounding tolerance of the bounds);
   * "attacked" only with a point that passes ``check_adversarial`` after ``snap_to_ball``;
@@ -35,10 +36,11 @@ from mmru.verify.mip import (
     MinDistance,
     MIPResult,
     _checked_counterexample,
-    _numpy_bounds,
     _pushed_counterexample,
+    big_m_bounds,
     decision_problem,
     distance_problem,
+    linear_input_program,
 )
 from mmru.verify.scip_program import ScipProgram
 
@@ -46,34 +48,37 @@ INF = math.inf
 P = 2.0
 
 
-def miqp_verify(
+def scip_verify(
     net: ReLUNet,
     x: torch.Tensor,
     y: int,
     eps: float,
+    p: float = P,
     time_limit: float = 120.0,
     bounds: list[Bounds] | None = None,
     box: tuple[float, float] | None = (0.0, 1.0),
     margin_tol: float = MARGIN_TOL,
+    tighten_bounds: bool = False,
 ) -> MIPResult:
-    """``mip.mip_verify`` for p = 2: is every x' of the l_2 ball of radius eps (in ``box``) classified as y?"""
+    """``mip.mip_verify`` by SCIP: is every x' of the l_p ball of radius eps (in ``box``) classified
+    as y? p in {1, 2, inf}; ``tighten_bounds`` (p = 1, inf) as ``mip.mip_verify``'s."""
     if not time_limit > 0:
         raise ValueError(f"need time_limit > 0, got {time_limit}")
     start = time.perf_counter()
-    problem = decision_problem(net, x, y, eps, P, bounds, box, margin_tol)
+    problem = decision_problem(net, x, y, eps, p, bounds, box, margin_tol)
     if problem.misclassified:
         return MIPResult("attacked", problem.x64[0], time.perf_counter() - start, -INF, None)
-    net64, x64, ball, tol, bound, targets = (problem.net64, problem.x64, problem.ball, problem.tol,
-                                             problem.margin_bound, problem.targets)
+    p = float(p)
+    net64, x64, tol, bound, targets = problem.net64, problem.x64, problem.tol, problem.margin_bound, problem.targets
     if not targets:
         return MIPResult("robust", None, time.perf_counter() - start, min(bound.values()))
-    xf = x64.reshape(-1).numpy()
-    lo, hi = (t[0].numpy() for t in ball.cube())
-    prog = Program()
-    x_cols = prog.add_cols(lo, hi)
-    encoded = encode_relu_net(prog, net64, x_cols, _numpy_bounds(problem.hidden))
+    input_program = linear_input_program(problem, eps, p)
+    hidden = big_m_bounds(problem, input_program, tighten_bounds and p != P, start + time_limit)
+    prog, x_cols = input_program()
+    encoded = encode_relu_net(prog, net64, x_cols, hidden)
     scip = ScipProgram(prog)
-    scip.add_squared_distance(x_cols, xf, radius=float(eps))
+    if p == P:
+        scip.add_squared_distance(x_cols, x64.reshape(-1).numpy(), radius=float(eps))
 
     undecided = set()  # why targets stayed open: "timeout" or "unknown"
     for s in targets:
@@ -94,7 +99,7 @@ def miqp_verify(
                 bound[s] = max(bound[s], min(dual + const, tol))
             point = scip.point(x_cols)
             if point is not None:
-                x_adv = _checked_counterexample(net64, x64, point, y, eps, P)
+                x_adv = _checked_counterexample(net64, x64, point, y, eps, p)
                 if x_adv is not None:
                     seconds = time.perf_counter() - start
                     return MIPResult("attacked", x_adv.reshape(net.input_shape), seconds, min(bound.values()), s)
