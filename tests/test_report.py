@@ -94,6 +94,29 @@ def test_a_published_network_has_its_own_row_beside_the_papers(tmp_path):
     assert "MMR-Universal (published)" in (tmp_path / "out" / "table.md").read_text()
 
 
+def test_a_fine_tune_is_its_own_row_compared_with_the_network_it_started_from(tmp_path):
+    """A fine-tune of a published network (its run's init_from has that file's md5) is compared with the
+    published network's paper row, whatever scheme fine-tuned it, and named so; a fine-tune of another
+    file has no paper figures; neither is averaged with runs of its scheme trained from scratch."""
+    write_summary(tmp_path / "scratch", "mnist", "at_linf", 0, 0.01, (0.1,) * 3, (0.9,) * 3)
+    for name, md5 in (("from_published", "ebe49345c826ff3b7234100b6b008ab2"), ("from_other", "0" * 32)):
+        path = write_summary(tmp_path / name, "mnist", "at_linf", 0, 0.0252, (0.053, 0.048, 0.117),
+                             (0.053, 0.053, 0.117))
+        summary = json.loads(path.read_text())
+        summary["run"]["init_from"] = {"path": f"/somewhere/{name}.mat", "md5": md5}
+        path.write_text(json.dumps(summary))
+    main([str(tmp_path), "--out", str(tmp_path / "out"), "--name", "table"])
+    rows = read_csv(tmp_path / "out" / "table.csv")
+    assert set(rows) == {("mnist", "at_linf"), ("mnist", "at_linf@from:universal@published"),
+                         ("mnist", "at_linf@from:from_other.mat")}
+    tuned = rows[("mnist", "at_linf@from:universal@published")]
+    assert tuned["model"] == "AT-l∞, fine-tuned from MMR-Universal (published)"
+    assert (tuned["te"], tuned["te_paper"], tuned["linf_ub_paper"]) == ("2.52", "3.04", "12.40")
+    other = rows[("mnist", "at_linf@from:from_other.mat")]
+    assert other["model"] == "AT-l∞, fine-tuned from from_other.mat" and other["te_paper"] == ""
+    assert rows[("mnist", "at_linf")]["te_paper"] == "0.82"  # AT-l∞ from scratch: the paper's AT-l∞ row
+
+
 def test_duplicate_runs_are_refused_or_the_newest_kept(tmp_path, capsys):
     old = write_summary(tmp_path / "old", "mnist", "universal", 0, 0.05, (0.1,) * 3, (0.2,) * 3)
     new = write_summary(tmp_path / "new", "mnist", "universal", 0, 0.03, (0.1,) * 3, (0.2,) * 3)

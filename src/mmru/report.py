@@ -28,6 +28,7 @@ from statistics import mean
 from rich.console import Console
 from rich.table import Table
 
+from mmru import zoo
 from mmru.paper_table1 import DATASET_NAMES, EPS, NORMS, PAPER_PROXY, SCHEME_LABELS, paper_row
 from mmru.report_markdown import describe, recipe_of, write_markdown
 
@@ -41,6 +42,10 @@ ALIASES = {"plain": "none"}
 #: marks the scheme of a published network (its summary's run has a ``source``): its own row, never
 #: averaged with our runs of the scheme, compared with the same paper row
 PUBLISHED = "@published"
+#: marks the scheme of a fine-tune (its run has ``init_from``), followed by where it started: the
+#: starting network's scheme + PUBLISHED for a published network, else the file's name. Its own row;
+#: a fine-tune of a published network is compared with that network's paper row
+FINE_TUNED = "@from:"
 
 
 class ReportError(ValueError):
@@ -73,11 +78,26 @@ class Row:
 
     @property
     def base_scheme(self) -> str:
-        return self.scheme.removesuffix(PUBLISHED)
+        """The training scheme of the row's own runs."""
+        return self.scheme.split(FINE_TUNED)[0].removesuffix(PUBLISHED)
+
+    @property
+    def paper_scheme(self) -> str | None:
+        """The paper row to compare with: the scheme's own, or for a fine-tune that of the published
+        network it started from (None: a fine-tune of anything else has no paper figures)."""
+        if FINE_TUNED not in self.scheme:
+            return self.base_scheme
+        start = self.scheme.split(FINE_TUNED)[1]
+        return start.removesuffix(PUBLISHED) if start.endswith(PUBLISHED) else None
 
     @property
     def label(self) -> str:
         label = SCHEME_LABELS.get(self.base_scheme, self.base_scheme)
+        if FINE_TUNED in self.scheme:
+            start = self.scheme.split(FINE_TUNED)[1]
+            origin = start.removesuffix(PUBLISHED)
+            origin = SCHEME_LABELS.get(origin, origin) + (" (published)" if start.endswith(PUBLISHED) else "")
+            return f"{label}, fine-tuned from {origin}"
         return f"{label} (published)" if self.scheme.endswith(PUBLISHED) else label
 
     @property
@@ -136,6 +156,10 @@ def load_runs(paths: list[Path], split: str = "test") -> tuple[list[RunResult], 
         scheme = str(run.get("regularizer", "?"))
         source = run.get("source") or summary.get("recipe", {}).get("source")
         scheme = ALIASES.get(scheme, scheme) + (PUBLISHED if source else "")
+        init = run.get("init_from")
+        if init:
+            known = zoo.PUBLISHED.get(init.get("md5"))
+            scheme += FINE_TUNED + (known.regularizer + PUBLISHED if known else Path(str(init.get("path"))).name)
         runs.append(RunResult(path, str(run.get("dataset", "?")), scheme, run.get("seed"), summary))
     return runs, notes
 
@@ -170,7 +194,7 @@ def _figures(summary: dict) -> dict[str, float | None]:
 
 def _compare_with_paper(row: Row) -> None:
     """Fill ``row.paper``, leaving out the norms whose ε differs from the paper's."""
-    found = paper_row(row.dataset, row.base_scheme)
+    found = None if row.paper_scheme is None else paper_row(row.dataset, row.paper_scheme)
     row.paper = dict.fromkeys(COLUMNS)
     if found is None:
         return
@@ -196,7 +220,7 @@ def build_rows(runs: list[RunResult]) -> list[Row]:
         groups.setdefault((run.dataset, run.scheme), []).append(run)
 
     def rank(key: tuple[str, str]) -> tuple:
-        dataset, scheme = key[0], key[1].removesuffix(PUBLISHED)
+        dataset, scheme = key[0], key[1].split(FINE_TUNED)[0].removesuffix(PUBLISHED)
         return (order.index(dataset) if dataset in order else len(order), dataset,
                 list(SCHEME_LABELS).index(scheme) if scheme in SCHEME_LABELS else len(SCHEME_LABELS), key[1])
 
