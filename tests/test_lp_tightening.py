@@ -15,7 +15,8 @@ from mmru.models import ReLUNet, mlp
 from mmru.verify import affine
 from mmru.verify.bounds import hidden_bounds, input_ball
 from mmru.verify.lp_tightening import safe_lower_bound, tighten
-from mmru.verify.milp import Program, abs_deviation, encode_relu_net
+from mmru.verify.milp import encode_relu_net
+from mmru.verify.problem import linear_input_program
 from tiny_nets import through_the_box
 
 INF = math.inf
@@ -28,18 +29,7 @@ def _case(net, p, eps, seed=5):
     ball = input_ball(x, eps, p)
     with torch.no_grad():
         hidden = [torch.cat([lo, hi]).numpy() for lo, hi in hidden_bounds(net, ball, "crown")["crown"]]
-    lo, hi = (t[0].numpy() for t in ball.cube())
-    xf = x.flatten().numpy()
-
-    def input_program():
-        prog = Program()
-        x_cols = prog.add_cols(lo, hi)
-        if p == 1.0:
-            t = abs_deviation(prog, xf, x_cols, lo, hi)
-            prog.add_row(t, np.ones(len(t)), -INF, eps)
-        return prog, x_cols
-
-    return hidden, input_program
+    return hidden, linear_input_program(x, ball, eps, p)
 
 
 def _exact_range(net, input_program, hidden, k, j, relaxed=False):

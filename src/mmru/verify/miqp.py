@@ -29,12 +29,8 @@ import torch
 from mmru.models import ReLUNet
 from mmru.verify.bounds import Bounds
 from mmru.verify.milp import Program, encode_relu_net, margin_row
-from mmru.verify.mip import (
-    DISTANCE_TOL,
-    MARGIN_TOL,
-    STRICT_MARGIN,
-    MinDistance,
-    MIPResult,
+from mmru.verify.mip import DISTANCE_TOL, MARGIN_TOL, STRICT_MARGIN, MinDistance, MIPResult
+from mmru.verify.problem import (
     _checked_counterexample,
     _pushed_counterexample,
     big_m_bounds,
@@ -72,7 +68,7 @@ def scip_verify(
     net64, x64, tol, bound, targets = problem.net64, problem.x64, problem.tol, problem.margin_bound, problem.targets
     if not targets:
         return MIPResult("robust", None, time.perf_counter() - start, min(bound.values()))
-    input_program = linear_input_program(problem, eps, p)
+    input_program = linear_input_program(problem.x64, problem.ball, eps, p)
     hidden = big_m_bounds(problem, input_program, tighten_bounds and p != P, start + time_limit)
     prog, x_cols = input_program()
     encoded = encode_relu_net(prog, net64, x_cols, hidden)
