@@ -3,7 +3,9 @@
 * ``train_step``: cnn_small, MNIST shapes, batch 128, fp32 (TF32 off), forward + backward, median
   ms: plain cross-entropy, MMR-Universal with the fast geometry and with the reference geometry
   (the authors' method, ``bench_regions.py``), the union schemes ``ibp_union`` and ``crown_ibp_union``
-  (mid-ramp: radii at half, beta 0.5; issue 17's goal: <= 10x and <= 30x plain), and, where it is measured (by default on CUDA;
+  (mid-ramp: radii at half, beta 0.5; issue 17's goal: <= 10x and <= 30x plain), each step's
+  matmul / convolution FLOPs forward + backward (``torch.utils.flop_counter``) and their ratio to
+  plain's, the floor a time ratio can reach without changing the bounds, and, where it is measured (by default on CUDA;
   ``--compile on`` elsewhere), MMR-Universal through ``torch.compile`` (default and
   reduce-overhead modes on CUDA), with its compile seconds and its largest gradient difference
   from the eager step.
@@ -82,7 +84,8 @@ def train_step_figures(device: torch.device, compile_modes: list[str], repeats: 
         runs.append(("mmr_universal_reference", lambda: slow.training_loss(net, x, y).loss, 1))
     for name, fn, n in runs:
         out[name] = measure(step(fn), device, n)
-        print(f"{name:>32}: {out[name]['ms']:9.1f} ms/step", flush=True)
+        out[name]["flops"] = _flops(step(fn))
+        print(f"{name:>32}: {out[name]['ms']:9.1f} ms/step, {out[name]['flops'] / 1e9:7.2f} GFLOP", flush=True)
     eager_grads = _grads(net, lambda: fast.training_loss(net, x, y).loss)
     for mode in compile_modes:
         compiled = torch.compile(fast.training_loss, mode=mode)
@@ -96,6 +99,17 @@ def train_step_figures(device: torch.device, compile_modes: list[str], repeats: 
         print(f"{name:>32}: {out[name]['ms']:9.1f} ms/step (compiled in {out[name]['compile_seconds']:.0f} s, "
               f"gradients within {out[name]['max_grad_rel_diff_vs_eager']:.1e} of eager)", flush=True)
     return out
+
+
+def _flops(run) -> int:
+    """Matmul and convolution FLOPs of one call of ``run`` (forward and backward); elementwise
+    work is not counted, so a time ratio above the FLOP ratio is overhead of the rest."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    return int(counter.get_total_flops())
 
 
 def _grads(net, loss_fn) -> list[torch.Tensor]:
@@ -234,6 +248,7 @@ def main() -> None:
         results["train_step"] = steps = train_step_figures(device, modes, args.repeats, not args.skip_reference)
         for name in ("mmr_universal", "ibp_union", "crown_ibp_union"):
             ratios[f"{name}_over_plain_ce"] = steps[name]["ms"] / steps["plain_ce"]["ms"]
+            ratios[f"{name}_flops_over_plain_ce"] = steps[name]["flops"] / steps["plain_ce"]["flops"]
         if not args.skip_reference:
             ratios["reference_over_fast"] = steps["mmr_universal_reference"]["ms"] / steps["mmr_universal"]["ms"]
         for mode in modes:
