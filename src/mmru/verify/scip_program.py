@@ -64,14 +64,19 @@ class ScipProgram:
                               ub=None if hi == INF else hi)
             for j, (lo, hi) in enumerate(zip(prog.col_lo, prog.col_hi))
         ]
+        # one Term per column, built once: constructing Terms per nonzero was most of the build time
+        self._terms = [Term(v) for v in self.vars]
         for idx, val, lo, hi in prog.rows:
             self._add_row(idx, val, lo, hi)
         self._extra = []
 
     def _linear(self, idx, val) -> Expr:
+        idx = np.asarray(idx)
+        keys, vals = map(self._terms.__getitem__, idx.tolist()), np.asarray(val, float).tolist()
+        if np.unique(idx).size == idx.size:  # the usual row: one entry per column, built in C
+            return Expr(dict(zip(keys, vals)))
         terms: dict = {}
-        for j, v in zip(np.asarray(idx).tolist(), np.asarray(val, float).tolist()):
-            key = Term(self.vars[j])
+        for key, v in zip(keys, vals):  # repeated columns: their coefficients add up
             terms[key] = terms.get(key, 0.0) + v
         return Expr(terms)
 
@@ -82,6 +87,7 @@ class ScipProgram:
     def add_col(self, lo: float, hi: float) -> int:
         """A continuous column (e.g. an epigraph variable); its index."""
         self.vars.append(self.model.addVar(f"c{len(self.vars)}", "C", lb=lo, ub=hi))
+        self._terms.append(Term(self.vars[-1]))
         return len(self.vars) - 1
 
     def add_squared_distance(self, x_cols: np.ndarray, center: np.ndarray, radius: float | None = None,
@@ -110,7 +116,7 @@ class ScipProgram:
         self._extra = [self._add_row(*row) for row in extra_rows]
         for j, hi in (upper or {}).items():
             m.chgVarUb(self.vars[j], hi)
-        objective = Expr({Term(self.vars[j]): float(v) for j, v in cost.items()})
+        objective = Expr({self._terms[j]: float(v) for j, v in cost.items()})
         m.setObjective(objective, "minimize")
         m.setParam("limits/time", max(time_limit, 1e-3))
         m.setParam("limits/primal", _primal_limit(primal_limit))
