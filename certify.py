@@ -13,12 +13,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from mmru.certification.runner import run_certification
 from mmru.cli import refuse_model_group_override, user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="certify")
 def main(cfg: DictConfig) -> float:
+    # imported here, not above: the runner pulls in torch and Lightning (seconds), which a refused
+    # command line should not wait for
+    from mmru.certification.runner import run_certification
+
     with user_errors():
         summary = run_certification(cfg)
     return summary["worst_case_ub"]
