@@ -9,7 +9,12 @@ objective and the margin row change.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 import pyscipopt
@@ -41,6 +46,33 @@ PARAMS = {
     "timing/clocktype": 2,
     "display/verblevel": 0,
 }
+
+
+#: SoPlex's warnings when SCIP's stability retries ask it for tolerances below 1e-10 (FEASTOL x
+#: SCIP's tightening factor 1e-3): written to the C stderr, past ``hideOutput``, and about nothing
+#: the user can act on (the retry goes on at 1e-10)
+SOLVER_NOISE = (b"without GMP - using",)
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 into a temporary file while the block runs, then every line of it back to
+    stderr except those containing a ``SOLVER_NOISE`` string: nothing else is lost, only delayed (a
+    file, not a pipe, so a chatty solver cannot block on a full buffer)."""
+    noise = SOLVER_NOISE
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().splitlines(keepends=True) if not any(n in line for n in noise)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 class ScipProgram:
@@ -120,7 +152,8 @@ class ScipProgram:
         m.setObjective(objective, "minimize")
         m.setParam("limits/time", max(time_limit, 1e-3))
         m.setParam("limits/primal", _primal_limit(primal_limit))
-        m.optimize()
+        with quiet_stderr():
+            m.optimize()
         return m.getStatus()
 
     def resume(self, time_limit: float, primal_limit: float = -INF) -> str:
@@ -128,7 +161,8 @@ class ScipProgram:
         m = self.model
         m.setParam("limits/time", m.getSolvingTime() + max(time_limit, 1e-3))
         m.setParam("limits/primal", _primal_limit(primal_limit))
-        m.optimize()
+        with quiet_stderr():
+            m.optimize()
         return m.getStatus()
 
     def dual_bound(self) -> float:
