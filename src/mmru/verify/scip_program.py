@@ -103,13 +103,13 @@ class ScipProgram:
         self._extra = []
 
     def _linear(self, idx, val) -> Expr:
-        idx = np.asarray(idx)
-        keys, vals = map(self._terms.__getitem__, idx.tolist()), np.asarray(val, float).tolist()
-        if np.unique(idx).size == idx.size:  # the usual row: one entry per column, built in C
-            return Expr(dict(zip(keys, vals)))
-        terms: dict = {}
-        for key, v in zip(keys, vals):  # repeated columns: their coefficients add up
-            terms[key] = terms.get(key, 0.0) + v
+        keys = [self._terms[j] for j in np.asarray(idx).tolist()]
+        vals = np.asarray(val, float).tolist()
+        terms = dict(zip(keys, vals))  # the usual row: one entry per column
+        if len(terms) < len(keys):  # repeated columns: their coefficients add up
+            terms = {}
+            for key, v in zip(keys, vals):
+                terms[key] = terms.get(key, 0.0) + v
         return Expr(terms)
 
     def _add_row(self, idx, val, lo: float, hi: float):
@@ -125,13 +125,13 @@ class ScipProgram:
     def add_squared_distance(self, x_cols: np.ndarray, center: np.ndarray, radius: float | None = None,
                              epigraph: int | None = None) -> None:
         """sum_i (x'_i - center_i)^2 <= radius^2, or <= the column ``epigraph`` (convex either way)."""
-        xs = [self.vars[j] for j in np.asarray(x_cols).tolist()]
-        terms = {Term(v, v): 1.0 for v in xs}
-        for v, c in zip(xs, np.asarray(center, float).tolist()):
-            terms[Term(v)] = -2.0 * c
+        cols = np.asarray(x_cols).tolist()
+        terms = {Term(self.vars[j], self.vars[j]): 1.0 for j in cols}
+        for j, c in zip(cols, np.asarray(center, float).tolist()):
+            terms[self._terms[j]] = -2.0 * c
         constant = float(np.dot(center, center))
         if epigraph is not None:
-            terms[Term(self.vars[epigraph])] = -1.0
+            terms[self._terms[epigraph]] = -1.0
             self.model.addCons(ExprCons(Expr(terms), None, -constant))
         else:
             self.model.addCons(ExprCons(Expr(terms), None, radius * radius - constant))
