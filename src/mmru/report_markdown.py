@@ -29,6 +29,7 @@ def recipe_of(summary: dict) -> dict:
         "points": summary.get("n_points"),
         "mip_seconds": recipe.get("mip_time_limit") if recipe.get("mip", True) else 0.0,
         "attack": recipe.get("attack"),
+        "mip_scope": recipe.get("mip_scope", "all"),
         "hardware": recipe.get("hardware"),
         "train_minutes": _minutes(recipe.get("train_seconds")),
         "certify_minutes": _minutes(recipe.get("certify_seconds")),
@@ -54,6 +55,8 @@ def shortened(recipe: dict) -> list[str]:
     if recipe["mip_seconds"] is None or recipe["mip_seconds"] < PAPER_MIP_SECONDS:
         cuts.append(f"MIP {recipe['mip_seconds'] if recipe['mip_seconds'] is not None else '?'} s of "
                     f"{PAPER_MIP_SECONDS:g} s")
+    if recipe.get("mip_scope") == "union":
+        cuts.append("exact stage only on the points attacked in no norm: per-norm UBs looser, union exact")
     return cuts + recipe.get("cuts", [])
 
 

@@ -176,6 +176,7 @@ CERTIFY_OPTIONS: dict[str, Check] = {
     "mip_tighten_norms": list_of(("l1", "linf"), nonempty=False),
     "mip_scip_norms": list_of(("l1", "linf"), nonempty=False),
     "mip_time_limit": POSITIVE,
+    "mip_scope": one_of("all", "union"),
     "radii": BOOL,
     "retry_undecided": BOOL,
     "device": Check("cpu, cuda, cuda:<index> or auto",

@@ -72,7 +72,7 @@ def run_certification(cfg: DictConfig) -> dict:
     indices = shard_indices(min(cfg.n_points, len(points)), cfg.shard, cfg.num_shards)
     options = CascadeOptions(tuple(cfg.bounds), cfg.attack, cfg.mip, cfg.mip_time_limit, device, radii=cfg.radii,
                              mip_norms=tuple(cfg.mip_norms), mip_tighten_norms=tuple(cfg.mip_tighten_norms),
-                             mip_scip_norms=tuple(cfg.mip_scip_norms))
+                             mip_scip_norms=tuple(cfg.mip_scip_norms), mip_scope=cfg.mip_scope)
 
     timings: dict[str, float] = defaultdict(float)
     start = time.perf_counter()
@@ -161,6 +161,7 @@ def _recipe(run: dict, options: CascadeOptions, records: list, test_error_second
     return {"epochs": run.get("epochs"), "train_seconds": run.get("train_seconds"), "bounds": list(options.bounds),
             "attack": options.attack, "mip": options.mip, "mip_norms": list(options.mip_norms),
             "mip_tighten_norms": list(options.mip_tighten_norms), "mip_scip_norms": list(options.mip_scip_norms),
+            "mip_scope": options.mip_scope,
             "mip_time_limit": options.mip_time_limit,
             "device": options.device, "mip_workers": mip_workers, "radii": options.radii,
             "certify_seconds": test_error_seconds + sum(r.seconds for r in records),
