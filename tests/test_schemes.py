@@ -17,7 +17,8 @@ from mmru.regularizers import Regularizer
 from mmru.regularizers.adversarial import AdversarialTraining, UnionAdversarialTraining
 from mmru.regularizers.bound_training import BoundTraining
 from mmru.regularizers.mmr import MMR
-from mmru.regularizers.mmr_at import MMRAdversarialTraining
+from mmru.regularizers.mmr_at import MMRAdversarialTraining, UniversalAdversarialTraining
+from mmru.regularizers.universal import MMRUniversal
 from mmru.training import compose_train_config, train
 from mmru.verify import certify, margin_lower_bounds
 
@@ -139,6 +140,25 @@ def test_mmr_at_adds_the_mmr_penalty_of_the_clean_part_to_the_at_loss():
     assert {"ce", "ce_clean", "ce_adv", "adv_error", "penalty", "reg_boundary_linf", "k_b"} <= out.logs.keys()
     with pytest.raises(ValueError, match="clean points"):
         MMRAdversarialTraining(eps=0.1, steps=5, adv_fraction=1.0, **kwargs)
+
+
+def test_universal_at_adds_the_mmr_universal_penalty_of_the_clean_part_to_the_at_loss():
+    net, x, y = setup(3)
+    kwargs = dict(lambda_1=3.0, lambda_inf=40.0, gamma_1=1.0, gamma_inf=0.15, k_b_start=0.05, k_b_end=0.05,
+                  lambda_warmup_epochs=2)
+    reg = UniversalAdversarialTraining(eps=0.1, steps=5, adv_fraction=0.5, **kwargs)
+    universal = MMRUniversal(**kwargs)
+    assert reg.on_epoch_start(1, 10) == universal.on_epoch_start(1, 10)  # its lambda ramp
+    torch.manual_seed(4)
+    out = reg.training_loss(net, x, y)
+    torch.manual_seed(4)
+    at = AdversarialTraining(eps=0.1, p=INF, steps=5).training_loss(net, x, y)
+    penalty, _ = universal.penalty(net, x[4:], y[4:])
+    assert penalty > 0  # the comparison below could tell a penalty left out
+    torch.testing.assert_close(out.loss, at.loss + penalty)
+    assert {"ce", "ce_adv", "penalty", "reg_boundary_l1", "reg_decision_linf"} <= out.logs.keys()
+    with pytest.raises(ValueError, match="clean points"):
+        UniversalAdversarialTraining(eps=0.1, steps=5, adv_fraction=1.0, **kwargs)
 
 
 # ---- configs and train.py ----------------------------------------------------------------------
