@@ -8,6 +8,7 @@ import math
 from collections import defaultdict
 
 import pytest
+import torch
 
 import mmru
 from mmru.certification.cascade import CascadeOptions, certify_batch
@@ -19,8 +20,6 @@ from mmru.training import compose_config
 from mmru.validation import validate_certify_config
 from mmru.verify import mip_verify
 from test_verify_miqp import _net, _points
-
-import torch
 
 INF = math.inf
 NAMES = {1.0: "l1", 2.0: "l2", INF: "linf"}

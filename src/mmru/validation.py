@@ -126,7 +126,7 @@ REGULARIZER_OPTIONS: dict[str, dict[str, Check]] = {
     # MMR needs clean points, so not the whole batch may be adversarial
     "mmru.regularizers.mmr_at.MMRAdversarialTraining": {"p": NORM_INDEX, **_MMR, **_PGD, "adv_fraction": BELOW_ONE},
     "mmru.regularizers.mmr_at.UniversalAdversarialTraining": {
-        "p": NORM_INDEX, **{k: c for k, c in _UNIVERSAL.items() if k != "geometry"}, **_PGD, "adv_fraction": BELOW_ONE,
+        "p": NORM_INDEX, **_UNIVERSAL, **_PGD, "adv_fraction": BELOW_ONE,
     },
     "mmru.regularizers.ibp_union.IBPUnion": _IBP,
     "mmru.regularizers.ibp_union.CROWNIBPUnion": {**_IBP, "beta_start": UNIT, "beta_end": UNIT},

@@ -50,8 +50,8 @@ def certify(
     strong; ``mip``: exact MIP on what is still undecided, for the norms in ``mip_norms``
     (l2: SCIP; l1 and l∞: SCIP for those in ``mip_scip_norms``, else HiGHS), at most ``mip_time_limit``
     seconds per point (``mip_scope='union'``: only on the points attacked in no norm, which decides the
-    union bounds at a fraction of the cost, the per-norm UBs then looser); ``mip_tighten_norms``: those of l1 and l∞ whose MILPs first tighten their big-M
-    constants by LP. ``device``: where region, bounds and attacks run
+    union bounds at a fraction of the cost, the per-norm UBs then looser); ``mip_tighten_norms``: those
+    of l1 and l∞ whose MILPs first tighten their big-M constants by LP. ``device``: where region, bounds and attacks run
     (e.g. "cuda"); ``mip_workers``: processes solving the MIPs in parallel, on the CPU;
     ``radii``: also each method's largest certified radius per point (records' ``radii``,
     :mod:`mmru.certification.radii`; several times the cascade's cost). Record

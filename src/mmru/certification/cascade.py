@@ -123,7 +123,8 @@ def certify_batch(
     states: dict[str, _State] = {}
     for name, radius_eps in eps.items():
         p = NORMS[name]
-        st = states[name] = _State(torch.zeros(n, dtype=torch.float64), [None] * n, torch.full((n,), INF, dtype=torch.float64),
+        st = states[name] = _State(torch.zeros(n, dtype=torch.float64), [None] * n,
+                                   torch.full((n,), INF, dtype=torch.float64),
                     [None] * n, torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool))
         st.attacked(~correct, torch.zeros(n), "misclassified")
         st.certify(correct, regions[p].radius, "region")

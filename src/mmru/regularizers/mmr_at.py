@@ -95,9 +95,10 @@ class UniversalAdversarialTraining(_MarginsWithAdversarialTraining):
         k_b_end: float = 0.05,
         lambda_warmup_epochs: int = 10,
         weighting: str = "per_norm",
+        geometry: str = "fast",
         step_size: float | None = None,
     ):
         super().__init__(eps, p, steps, adv_fraction, step_size)
         self._check_clean_points()
         self.mmr = MMRUniversal(lambda_1, lambda_inf, gamma_1, gamma_inf, k_b_start, k_b_end, lambda_warmup_epochs,
-                                weighting)
+                                weighting, geometry)
