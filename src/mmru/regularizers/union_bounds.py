@@ -11,7 +11,10 @@ back-substitution over IBP's intermediate bounds), computed the cheap way a trai
     margin rows (``mmru.verify.ibp``);
   * CROWN-IBP (Zhang et al. 2020): the margin rows back-substituted to the input through CROWN's
     relaxations (adaptive lower slope) of IBP's intermediate bounds; only the lower bound,
-    which halves ``mmru.verify.linear_bounds.backsubstitute``'s work.
+    which halves ``mmru.verify.linear_bounds.backsubstitute``'s work, with a hand-written backward
+    for each ReLU layer (``_RelaxedCoefficients``).
+The first conv layer's maps come from ``first_layer`` (patch matmul, sub-pixel transpose), where the
+CPU's conv kernels are slowest; tests compare every fast path with the plain map it replaces.
 Training bounds: certificates come from ``mmru.verify`` (certify.py), never from here.
 """
 
@@ -25,6 +28,8 @@ from torch import Tensor, nn
 
 from mmru.balls import dual_exponent
 from mmru.models import ReLUNet
+from mmru.regularizers import first_layer
+from mmru.regularizers.first_layer import FirstLayer
 from mmru.verify import affine
 from mmru.verify.ball import LpBall
 from mmru.verify.ibp import ibp_linear, ibp_step
@@ -53,13 +58,14 @@ def dual_row_norms(net: ReLUNet, q: float) -> Tensor:
 def first_layer_bounds(net: ReLUNet, ball: LpBall) -> Bounds:
     """Bounds [B, n_1] on z_1 over the ball (∩ box), as ``LpBall.linear_bounds`` of W_1's rows."""
     lower = upper = None
+    first = FirstLayer(net)
     if ball.p == math.inf or ball.box is not None:
         lo, hi = ball.cube()
-        centre = affine.forward(net, 0, (hi + lo) / 2)
-        spread = affine.forward(net, 0, (hi - lo) / 2, absolute=True, bias=False)
+        centre = first((hi + lo) / 2)
+        spread = first((hi - lo) / 2, absolute=True, bias=False)
         lower, upper = centre - spread, centre + spread
     if ball.p != math.inf:
-        at_x = affine.forward(net, 0, ball.center)
+        at_x = first(ball.center)
         spread = ball.radius() * dual_row_norms(net, dual_exponent(ball.p))
         if lower is None:
             lower, upper = at_x - spread, at_x + spread
@@ -82,6 +88,47 @@ def _dot(lam: Tensor, v: Tensor) -> Tensor:
     return (lam * v.unsqueeze(-2)).sum(-1)
 
 
+class _RelaxedCoefficients(torch.autograd.Function):
+    """One ReLU layer of CROWN's back-substitution (the lower bound), with a hand-written backward.
+
+    Coefficients lam [B, m, n] on the activations become coefficients on the pre-activations:
+    a negative one takes the upper line slope z + intercept, a non-negative one the lower line
+    alpha z. Returns (new lam [B, m, n], the intercept's part of the constant [B, m]).
+
+    Why by hand: the same arithmetic through autograd keeps five [B, m, n] tensors alive for the
+    backward pass and allocates a dozen; on cnn_small that is 14 MB each, and on the CPU fresh
+    memory costs more than the arithmetic. Only lam is saved here, and the backward recomputes
+    its sign. Exact: each entry of min(lam, 0) and max(lam, 0) is the coefficient itself or 0, so
+    the forward values are those of the split products.
+    """
+
+    @staticmethod
+    def forward(ctx, lam: Tensor, slope: Tensor, alpha: Tensor, intercept: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(lam, slope, alpha, intercept)
+        neg = lam.clamp(max=0)
+        const = torch.bmm(neg, intercept.unsqueeze(-1)).squeeze(-1)
+        out = neg.mul_(slope.unsqueeze(1)).addcmul_(lam.clamp(min=0), alpha.unsqueeze(1))
+        return out, const
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, grad_const: Tensor):
+        lam, slope, alpha, intercept = ctx.saved_tensors
+        negative = lam <= 0  # where d min(lam, 0) / d lam = 1, as autograd has it for clamp
+        grad_lam = grad_slope = grad_alpha = grad_intercept = None
+        if ctx.needs_input_grad[0]:
+            upper = torch.addcmul(grad_out * slope.unsqueeze(1), grad_const.unsqueeze(-1), intercept.unsqueeze(1))
+            grad_lam = torch.where(negative, upper, grad_out * alpha.unsqueeze(1))
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            neg = lam.clamp(max=0)
+            if ctx.needs_input_grad[1]:
+                grad_slope = (grad_out * neg).sum(1)
+            if ctx.needs_input_grad[3]:
+                grad_intercept = torch.bmm(grad_const.unsqueeze(1), neg).squeeze(1)
+        if ctx.needs_input_grad[2]:
+            grad_alpha = (grad_out * lam.clamp(min=0)).sum(1)
+        return grad_lam, grad_slope, grad_alpha, grad_intercept
+
+
 def crown_lower(net: ReLUNet, spec: Tensor, ball: LpBall, hidden: list[Bounds]) -> Tensor:
     """Lower bounds [B, m] on spec f(x') over the ball, spec [B, m, K]: CROWN's relaxations of
     the ReLUs with pre-activation bounds ``hidden``, back-substituted (``backsubstitute``'s
@@ -90,15 +137,9 @@ def crown_lower(net: ReLUNet, spec: Tensor, ball: LpBall, hidden: list[Bounds]) 
     lam, const = affine.transpose(net, last, spec), affine.bias_dot(net, last, spec)
     for j in reversed(range(last)):
         r = relax(hidden[j], adaptive=True)
-        # a negative coefficient takes the upper line slope z + intercept, a positive one alpha z;
-        # split by relu rather than ``where`` (5x slower on CPU, forward and backward), and exact:
-        # each entry of pos and neg is the coefficient itself or 0
-        pos = torch.relu(lam)
-        neg = lam - pos
-        const = const + _dot(neg, r.intercept)
-        lam = neg * r.slope.unsqueeze(1) + pos * r.lower_slope.unsqueeze(1)
-        const = const + affine.bias_dot(net, j, lam)
-        lam = affine.transpose(net, j, lam)
+        lam, from_intercept = _RelaxedCoefficients.apply(lam, r.slope, r.lower_slope, r.intercept)
+        const = const + from_intercept + affine.bias_dot(net, j, lam)
+        lam = first_layer.transpose(net, lam) if j == 0 else affine.transpose(net, j, lam)
     lo, hi = ball.cube()
     return const + ball.extremes(lam, ball.center, lo, hi, _dot, ball.radius())[0]
 
