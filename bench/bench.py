@@ -3,7 +3,9 @@
 * ``train_step``: cnn_small, MNIST shapes, batch 128, fp32 (TF32 off), forward + backward, median
   ms: plain cross-entropy, MMR-Universal with the fast geometry and with the reference geometry
   (the authors' method, ``bench_regions.py``), the union schemes ``ibp_union`` and ``crown_ibp_union``
-  (mid-ramp: radii at half, beta 0.5; issue 17's goal: <= 10x and <= 30x plain), each step's
+  (mid-ramp: radii at half, beta 0.5; issue 17's goal: <= 10x and <= 30x plain; their ratios to
+  plain are measured interleaved, plain / union / plain in every round, and the median, min and
+  max of the per-round ratios reported, so that the machine's drift cancels), each step's
   matmul / convolution FLOPs forward + backward (``torch.utils.flop_counter``) and their ratio to
   plain's, the floor a time ratio can reach without changing the bounds, and, where it is measured (by default on CUDA;
   ``--compile on`` elsewhere), MMR-Universal through ``torch.compile`` (default and
@@ -86,6 +88,11 @@ def train_step_figures(device: torch.device, compile_modes: list[str], repeats: 
         out[name] = measure(step(fn), device, n)
         out[name]["flops"] = _flops(step(fn))
         print(f"{name:>32}: {out[name]['ms']:9.1f} ms/step, {out[name]['flops'] / 1e9:7.2f} GFLOP", flush=True)
+    for name, fn, _ in runs[2:4]:
+        out[name]["interleaved"] = interleaved_ratio(step(runs[0][1]), step(fn), device, max(repeats, 3))
+        ratio = out[name]["interleaved"]
+        print(f"{name:>32}: {ratio['median']:.1f}x plain interleaved (per round {ratio['min']:.1f}-{ratio['max']:.1f}x, "
+              f"{ratio['rounds']} rounds)", flush=True)
     eager_grads = _grads(net, lambda: fast.training_loss(net, x, y).loss)
     for mode in compile_modes:
         compiled = torch.compile(fast.training_loss, mode=mode)
@@ -99,6 +106,30 @@ def train_step_figures(device: torch.device, compile_modes: list[str], repeats: 
         print(f"{name:>32}: {out[name]['ms']:9.1f} ms/step (compiled in {out[name]['compile_seconds']:.0f} s, "
               f"gradients within {out[name]['max_grad_rel_diff_vs_eager']:.1e} of eager)", flush=True)
     return out
+
+
+def interleaved_ratio(plain, other, device: torch.device, rounds: int) -> dict:
+    """``other``'s step time over plain's, measured in rounds of plain, other, plain: each round's
+    ratio is other's time over the mean of the two plain steps around it, so that a drift of the
+    machine's speed (shared cores) moves both; the median, min and max over the rounds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(run) -> float:
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        return time.perf_counter() - start
+
+    plain(), other()  # warm-up
+    ratios, times = [], []
+    for _ in range(rounds):
+        before, t, after = timed(plain), timed(other), timed(plain)
+        ratios.append(2 * t / (before + after))
+        times.append(t * 1e3)
+    ratios.sort()
+    return {"median": ratios[len(ratios) // 2], "min": ratios[0], "max": ratios[-1], "rounds": rounds,
+            "ratios": ratios, "ms_all": times}
 
 
 def _flops(run) -> int:
@@ -249,6 +280,8 @@ def main() -> None:
         for name in ("mmr_universal", "ibp_union", "crown_ibp_union"):
             ratios[f"{name}_over_plain_ce"] = steps[name]["ms"] / steps["plain_ce"]["ms"]
             ratios[f"{name}_flops_over_plain_ce"] = steps[name]["flops"] / steps["plain_ce"]["flops"]
+        for name in ("ibp_union", "crown_ibp_union"):
+            ratios[f"{name}_over_plain_ce_interleaved"] = steps[name]["interleaved"]["median"]
         if not args.skip_reference:
             ratios["reference_over_fast"] = steps["mmr_universal_reference"]["ms"] / steps["mmr_universal"]["ms"]
         for mode in modes:
