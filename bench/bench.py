@@ -4,8 +4,9 @@
   ms: plain cross-entropy, MMR-Universal with the fast geometry and with the reference geometry
   (the authors' method, ``bench_regions.py``), the union schemes ``ibp_union`` and ``crown_ibp_union``
   (mid-ramp: radii at half, beta 0.5; issue 17's goal: <= 10x and <= 30x plain; their ratios to
-  plain are measured interleaved, plain / union / plain in every round, and the median, min and
-  max of the per-round ratios reported, so that the machine's drift cancels), each step's
+  plain are measured interleaved, in rounds of 4 plain / 4 union / 4 plain steps each after a step
+  of its own, and the median, min and max of the per-round ratios reported, so that the machine's
+  drift cancels), each step's
   matmul / convolution FLOPs forward + backward (``torch.utils.flop_counter``) and their ratio to
   plain's, the floor a time ratio can reach without changing the bounds, and, where it is measured (by default on CUDA;
   ``--compile on`` elsewhere), MMR-Universal through ``torch.compile`` (default and
@@ -108,20 +109,27 @@ def train_step_figures(device: torch.device, compile_modes: list[str], repeats: 
     return out
 
 
-def interleaved_ratio(plain, other, device: torch.device, rounds: int) -> dict:
-    """``other``'s step time over plain's, measured in rounds of plain, other, plain: each round's
-    ratio is other's time over the mean of the two plain steps around it, so that a drift of the
-    machine's speed (shared cores) moves both; the median, min and max over the rounds."""
+def interleaved_ratio(plain, other, device: torch.device, rounds: int, block: int = 4) -> dict:
+    """``other``'s step time over plain's, measured in rounds of a plain block, an ``other`` block
+    and a plain block. A block is one untimed step and then ``block`` timed ones, its time their
+    median: each method is timed after a step of its own, as in a training run, without
+    ``measure``'s memory-sampling thread (which competes for the cores) and late in the process (a
+    plain step here takes 9 ms in the first few hundred steps of a process, 5 ms after). Each
+    round's ratio is other's block over the mean of the two plain blocks around it, so that a drift
+    of the machine's speed (shared cores) moves both; the median, min and max."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def timed(run) -> float:
-        sync()
-        start = time.perf_counter()
         run()
-        sync()
-        return time.perf_counter() - start
+        times = []
+        for _ in range(block):
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[block // 2]
 
-    plain(), other()  # warm-up
     ratios, times = [], []
     for _ in range(rounds):
         before, t, after = timed(plain), timed(other), timed(plain)
@@ -129,7 +137,7 @@ def interleaved_ratio(plain, other, device: torch.device, rounds: int) -> dict:
         times.append(t * 1e3)
     ratios.sort()
     return {"median": ratios[len(ratios) // 2], "min": ratios[0], "max": ratios[-1], "rounds": rounds,
-            "ratios": ratios, "ms_all": times}
+            "block": block, "ratios": ratios, "ms_all": times}
 
 
 def _flops(run) -> int:

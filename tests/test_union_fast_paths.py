@@ -1,7 +1,8 @@
 """The training bounds' fast paths against the plain maps they replace (issue 17 §4): the first
-layer's patch matmul and sub-pixel transpose against ``mmru.verify.affine``, values and weight
-gradients, on the conv shapes the nets use and on awkward ones; the hand-written backward of one
-CROWN layer against autograd of the same arithmetic."""
+layer's patch matmul, its sub-pixel transpose and the channels-last maps of every layer (forward
+and transpose) against ``mmru.verify.affine``, values and weight gradients, on the conv shapes the
+nets use and on awkward ones; the hand-written backward of one CROWN layer against autograd of the
+same arithmetic."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from mmru.models import ReLUNet
-from mmru.regularizers import first_layer
+from mmru.regularizers import channels_last
 from mmru.regularizers.first_layer import FirstLayer
 from mmru.regularizers.union_bounds import _RelaxedCoefficients
 from mmru.verify import affine
@@ -36,12 +37,29 @@ def _net(c: int, k: int, s, p, h: int, w: int, seed: int = 0) -> ReLUNet:
     return ReLUNet([conv, nn.Linear(out[0].numel(), 3)], (c, h, w)).double()
 
 
+def _chw(net: ReLUNet, k: int, t: torch.Tensor) -> torch.Tensor:
+    """channels_last's order on layer k's output (k = -1: the input, which it keeps as C, H, W) -> C, H, W."""
+    shape = net.layer_shapes[k] if k >= 0 else ()
+    if len(shape) != 3:
+        return t
+    c, h, w = shape
+    return t.reshape(*t.shape[:-1], h, w, c).movedim(-1, -3).reshape(t.shape)
+
+
+def _hwc(net: ReLUNet, k: int, t: torch.Tensor) -> torch.Tensor:
+    """C, H, W order on layer k's output (k = -1: the input, kept) -> channels_last's order."""
+    shape = net.layer_shapes[k] if k >= 0 else ()
+    if len(shape) != 3:
+        return t
+    return t.reshape(*t.shape[:-1], *shape).movedim(-3, -1).reshape(t.shape)
+
+
 @pytest.mark.parametrize("shape", CONVS)
 @pytest.mark.parametrize("absolute, bias", [(False, True), (True, False)])
 def test_first_layer_by_patches_is_the_layer(shape, absolute, bias):
     net = _net(*shape)
     v = torch.rand(4, affine.input_size(net, 0), dtype=torch.float64)
-    fast = FirstLayer(net)(v, absolute=absolute, bias=bias)
+    fast = _chw(net, 0, FirstLayer(net)(v, absolute=absolute, bias=bias))
     torch.testing.assert_close(fast, affine.forward(net, 0, v, absolute=absolute, bias=bias), rtol=0, atol=1e-12)
     weight = net.layers[0].weight
     (grad_fast,) = torch.autograd.grad(fast.square().sum(), weight)
@@ -49,17 +67,48 @@ def test_first_layer_by_patches_is_the_layer(shape, absolute, bias):
     torch.testing.assert_close(grad_fast, grad_ref, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("shape", CONVS)
-def test_first_layer_transpose_is_the_layers_transpose(shape):
-    net = _net(*shape)
-    lam = torch.randn(2, 3, affine.layer_size(net, 0), dtype=torch.float64, requires_grad=True)
-    fast, ref = first_layer.transpose(net, lam), affine.transpose(net, 0, lam)
-    assert fast.shape == ref.shape == (2, 3, affine.input_size(net, 0))
-    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
-    weight = net.layers[0].weight
-    grads = [torch.autograd.grad(out.square().sum(), (weight, lam)) for out in (fast, ref)]
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+def _stacked(seed: int = 0) -> ReLUNet:
+    """Two convs and two dense layers on 1x10x10: every kind of step the back-substitution takes."""
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(1, 4, 4, stride=2, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1),
+              nn.Linear(6 * 3 * 3, 7), nn.Linear(7, 3)]
+    return ReLUNet(layers, (1, 10, 10)).double()
+
+
+NETS = {"stacked": _stacked, "rgb_first": lambda: _net(3, 4, 2, 1, 8, 8),
+        **{f"first_{i}": (lambda shape=shape: _net(*shape)) for i, shape in enumerate(CONVS)}}
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_channels_last_transposes_are_the_layers_transposes(name):
+    net = NETS[name]()
+    for k in range(len(net.layers)):
+        lam = torch.randn(2, 3, affine.layer_size(net, k), dtype=torch.float64)
+        ref = affine.transpose(net, k, lam)
+        hwc = _hwc(net, k, lam).requires_grad_()
+        fast = channels_last.transpose(net, k, hwc)
+        torch.testing.assert_close(_chw(net, k - 1, fast), ref, rtol=0, atol=1e-12)
+        bias = channels_last.bias_vector(net, k)
+        torch.testing.assert_close(hwc @ bias, affine.bias_dot(net, k, lam), rtol=0, atol=1e-12)
+        weight = net.layers[k].weight
+        (grad_fast,) = torch.autograd.grad(_chw(net, k - 1, fast).square().sum(), weight)
+        (grad_ref,) = torch.autograd.grad(ref.square().sum(), weight)
+        torch.testing.assert_close(grad_fast, grad_ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["stacked", "rgb_first", "first_0"])
+@pytest.mark.parametrize("absolute, bias", [(False, True), (True, False)])
+def test_channels_last_forwards_are_the_layers(name, absolute, bias):
+    net = NETS[name]()
+    for k in range(1, len(net.layers)):
+        v = torch.randn(4, affine.input_size(net, k), dtype=torch.float64)
+        ref = affine.forward(net, k, v, absolute=absolute, bias=bias)
+        fast = _chw(net, k, channels_last.forward(net, k, _hwc(net, k - 1, v), absolute=absolute, bias=bias))
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+        weight = net.layers[k].weight
+        (grad_fast,) = torch.autograd.grad(fast.square().sum(), weight)
+        (grad_ref,) = torch.autograd.grad(ref.square().sum(), weight)
+        torch.testing.assert_close(grad_fast, grad_ref, rtol=0, atol=1e-10)
 
 
 def test_a_dense_first_layer_takes_the_plain_maps():
@@ -67,7 +116,7 @@ def test_a_dense_first_layer_takes_the_plain_maps():
     net = ReLUNet([nn.Linear(6, 4), nn.Linear(4, 2)], (6,)).double()
     v, lam = torch.rand(3, 6, dtype=torch.float64), torch.randn(3, 2, 4, dtype=torch.float64)
     assert torch.equal(FirstLayer(net)(v), affine.forward(net, 0, v))
-    assert torch.equal(first_layer.transpose(net, lam), affine.transpose(net, 0, lam))
+    assert torch.equal(channels_last.transpose(net, 0, lam), affine.transpose(net, 0, lam))
 
 
 def _split_products(lam, slope, alpha, intercept):

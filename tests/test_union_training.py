@@ -57,6 +57,15 @@ def _inputs(net: ReLUNet, n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torc
 
 # ---- the training bounds are mmru.verify's, computed faster ----------------------------------
 
+def _chw(net: ReLUNet, k: int, t: torch.Tensor) -> torch.Tensor:
+    """Training bounds on layer k's output, kept in (H, W, C) order for a conv, -> mmru.verify's (C, H, W)."""
+    shape = net.layer_shapes[k]
+    if len(shape) != 3:
+        return t
+    c, h, w = shape
+    return t.reshape(-1, h, w, c).permute(0, 3, 1, 2).reshape(t.shape)
+
+
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", ["mlp", "conv", "cnn_small_7x7"])
 @pytest.mark.parametrize("p", [1.0, 2.0, INF])
@@ -66,10 +75,14 @@ def test_training_bounds_equal_mmru_verify(name, p):
     with torch.no_grad():
         ball = LpBall(x.flatten(1), 0.3, p)
         for mine, ref in zip(first_layer_bounds(net, ball), layer_bounds_by_backsubstitution(net, 0, ball, [])):
-            torch.testing.assert_close(mine, ref, rtol=0, atol=1e-12)
+            torch.testing.assert_close(_chw(net, 0, mine), ref, rtol=0, atol=1e-12)
         ibp = margin_lower_bounds(net, x, y, 0.3, p, method="ibp")
         torch.testing.assert_close(margin_bounds(net, x, y, 0.3, p), ibp, rtol=0, atol=1e-12)
         hidden = hidden_bounds(net, ball, "ibp")["ibp"]
+        assert len(hidden) == len(net.layers) - 1
+        for k, (mine, ref) in enumerate(zip(ibp_hidden_bounds(net, ball), hidden)):
+            torch.testing.assert_close(_chw(net, k, mine[0]), ref[0], rtol=0, atol=1e-12)
+            torch.testing.assert_close(_chw(net, k, mine[1]), ref[1], rtol=0, atol=1e-12)
         spec = margin_spec(y, net.num_classes, x.dtype)
         reference = backsubstitute(net, len(net.layers) - 1, spec, ball, [relax(b, adaptive=True) for b in hidden])[0]
         torch.testing.assert_close(crown_lower(net, spec, ball, ibp_hidden_bounds(net, ball)), reference,

@@ -6,7 +6,7 @@ tests compare them), computed the way the CPU runs fast. Measured on cnn_small, 
     kernels of the CPU backend are slow (1.4 ms forward, 3.8 ms with the weight gradient, for
     13 MFLOP). A training step applies W_1 to several inputs that need no gradient (the centre,
     the box's corners), so their windows are cut once by a strided view and W_1 is one matmul:
-    0.7 ms forward + backward.
+    0.7 ms forward + backward. Its output comes out in (H, W, C) order, ``channels_last``'s.
   * v W_1 (CROWN-IBP's back-substitution to the input): ``conv_transpose2d`` with one output
     channel is 5x slower forward + backward than the equivalent stride-1 conv with the kernel split
     into its stride x stride phases, followed by ``pixel_shuffle`` (the sub-pixel identity). With
@@ -33,7 +33,9 @@ def _plain_conv(layer: nn.Module) -> bool:
 
 
 class FirstLayer:
-    """W_1 v + b_1 for several inputs v of one batch, by one strided view and a matmul each."""
+    """W_1 v + b_1 for several inputs v of one batch, by one strided view and a matmul each.
+
+    For a conv the result is flat in (H, W, C) order, the order ``channels_last`` keeps."""
 
     def __init__(self, net: ReLUNet):
         self.net, self.layer = net, net.layers[0]
@@ -41,25 +43,33 @@ class FirstLayer:
 
     def __call__(self, v: Tensor, absolute: bool = False, bias: bool = True) -> Tensor:
         """W_1 v (+ b_1) for flat v [B, d] that needs no gradient; ``absolute`` uses |W_1|."""
-        if not self.by_patches:
-            return affine.forward(self.net, 0, v, absolute=absolute, bias=bias)
         layer = self.layer
+        if not self.by_patches:
+            out = affine.forward(self.net, 0, v, absolute=absolute, bias=bias)
+            if isinstance(layer, nn.Linear):
+                return out
+            c, h, w = self.net.layer_shapes[0]
+            return out.reshape(-1, c, h, w).permute(0, 2, 3, 1).reshape(out.shape)
         w = layer.weight.abs() if absolute else layer.weight
-        out = w.flatten(1) @ self.patches(v)  # [O, C k k] @ [B, C k k, P] -> [B, O, P]
+        # [B P, C k k] @ [C k k, O]: one matmul (the bias added in it), whose weight gradient is one more
+        patches, weight = self.patches(v), w.flatten(1).t()
         if bias and layer.bias is not None:
-            out = out + layer.bias.unsqueeze(-1)
-        return out.flatten(1)  # (O, P) is the flat (C, H, W) order of the layer's output
+            out = torch.addmm(layer.bias, patches, weight)
+        else:
+            out = patches @ weight
+        return out.reshape(v.shape[0], -1)  # (P, O): the flat (H, W, C) order of the output
 
     def patches(self, v: Tensor) -> Tensor:
-        """The layer's input windows [B, C k k, P] of flat v, zero padded (``F.unfold``'s layout)."""
+        """The layer's input windows [B P, C k k] of flat v, zero padded: row b P + p is window p of
+        image b (positions row-major), its entries in ``F.unfold``'s (C, k, k) order."""
         layer = self.layer
         (c, h, w), (kh, kw), (sh, sw), (ph, pw) = (affine.in_shape(self.net, 0), layer.kernel_size,
                                                     layer.stride, layer.padding)
         _, h_out, w_out = self.net.layer_shapes[0]
         image = F.pad(v.reshape(-1, c, h, w), (pw, pw, ph, ph))
         sb, sc, sy, sx = image.stride()
-        windows = image.as_strided((image.shape[0], c, kh, kw, h_out, w_out), (sb, sc, sy, sx, sy * sh, sx * sw))
-        return windows.reshape(image.shape[0], c * kh * kw, h_out * w_out)
+        windows = image.as_strided((image.shape[0], h_out, w_out, c, kh, kw), (sb, sy * sh, sx * sw, sc, sy, sx))
+        return windows.reshape(-1, c * kh * kw)
 
 
 def subpixel_weight(weight: Tensor, stride: tuple[int, int]) -> Tensor:
@@ -76,24 +86,24 @@ def subpixel_weight(weight: Tensor, stride: tuple[int, int]) -> Tensor:
     return taps.permute(1, 3, 5, 0, 2, 4).reshape(c * sh * sw, o, t, u)
 
 
-def transpose(net: ReLUNet, lam: Tensor) -> Tensor:
-    """lam W_1 for coefficients lam [..., n_1]: as ``affine.transpose(net, 0, lam)``."""
+def transpose_image(net: ReLUNet, lam: Tensor) -> Tensor:
+    """lam W_1 for coefficients lam [N, O, H', W'] on the first conv layer's output: [N, C, H, W]."""
     layer = net.layers[0]
     if not (_plain_conv(layer) and layer.in_channels == 1):
-        return affine.transpose(net, 0, lam)
-    lead = lam.shape[:-1]
-    c, h, w = affine.in_shape(net, 0)
-    o, h_out, w_out = net.layer_shapes[0]
+        return F.conv_transpose2d(lam, layer.weight, stride=layer.stride, padding=layer.padding,
+                                  output_padding=affine.transpose_padding(net, 0), groups=layer.groups,
+                                  dilation=layer.dilation)
+    _, h, w = affine.in_shape(net, 0)
     kh, kw = layer.kernel_size
     (sh, sw), (ph, pw) = layer.stride, layer.padding
     t, u = math.ceil(kh / sh), math.ceil(kw / sw)
-    phases = F.conv2d(lam.reshape(-1, o, h_out, w_out), subpixel_weight(layer.weight, (sh, sw)), padding=(t - 1, u - 1))
+    phases = F.conv2d(lam, subpixel_weight(layer.weight, (sh, sw)), padding=(t - 1, u - 1))
     full = F.pixel_shuffle(phases, sh) if sh == sw else _shuffle(phases, sh, sw)
     # full[.., s q + r, ..] is input pixel s q + r - p; pixels past the last window's reach get 0
     short_h, short_w = max(ph + h - full.shape[-2], 0), max(pw + w - full.shape[-1], 0)
     if short_h or short_w:
         full = F.pad(full, (0, short_w, 0, short_h))
-    return full[..., ph:ph + h, pw:pw + w].reshape(*lead, c * h * w)
+    return full[..., ph:ph + h, pw:pw + w]
 
 
 def _shuffle(phases: Tensor, sh: int, sw: int) -> Tensor:

@@ -8,13 +8,15 @@ back-substitution over IBP's intermediate bounds), computed the cheap way a trai
     instead of ``mmru.verify.patches``' per-example windows (10x faster on cnn_small, same
     numbers up to rounding, a test compares them);
   * IBP (Gowal et al. 2018): intervals after the first layer, the last layer folded into the
-    margin rows (``mmru.verify.ibp``);
+    margin rows (``mmru.verify.ibp``'s arithmetic);
   * CROWN-IBP (Zhang et al. 2020): the margin rows back-substituted to the input through CROWN's
     relaxations (adaptive lower slope) of IBP's intermediate bounds; only the lower bound,
     which halves ``mmru.verify.linear_bounds.backsubstitute``'s work, with a hand-written backward
     for each ReLU layer (``_RelaxedCoefficients``).
 The first conv layer's maps come from ``first_layer`` (patch matmul, sub-pixel transpose), where the
-CPU's conv kernels are slowest; tests compare every fast path with the plain map it replaces.
+CPU's conv kernels are slowest, and values on a conv's output (the bounds of every hidden layer,
+CROWN's coefficients) are kept flat in channels-last (H, W, C) order (``channels_last``); tests
+compare every fast path with the plain map it replaces.
 Training bounds: certificates come from ``mmru.verify`` (certify.py), never from here.
 """
 
@@ -28,11 +30,10 @@ from torch import Tensor, nn
 
 from mmru.balls import dual_exponent
 from mmru.models import ReLUNet
-from mmru.regularizers import first_layer
+from mmru.regularizers import channels_last
 from mmru.regularizers.first_layer import FirstLayer
 from mmru.verify import affine
 from mmru.verify.ball import LpBall
-from mmru.verify.ibp import ibp_linear, ibp_step
 from mmru.verify.relaxation import relax
 
 Bounds = tuple[Tensor, Tensor]
@@ -40,7 +41,7 @@ Bounds = tuple[Tensor, Tensor]
 
 def dual_row_norms(net: ReLUNet, q: float) -> Tensor:
     """||W_1,j||_q of every unit j of the first layer, [n_1]; for a conv, over the inputs its
-    window covers (zero padding contributes nothing)."""
+    window covers (zero padding contributes nothing), in (H, W, C) order."""
     layer = net.layers[0]
     w = layer.weight
     if isinstance(layer, nn.Linear):
@@ -52,11 +53,12 @@ def dual_row_norms(net: ReLUNet, q: float) -> Tensor:
         norms = (w.abs().flatten(1).unsqueeze(-1) * inside).amax(1)  # [O, P]
     else:  # (sum over the window of |w|^q)^(1/q): a convolution of an all-ones image
         norms = F.conv2d(ones, w.abs() ** q, None, **conv).flatten(2)[0].clamp_min(0) ** (1 / q)
-    return norms.flatten()
+    return norms.t().flatten()  # [O, P] -> (P, O)
 
 
 def first_layer_bounds(net: ReLUNet, ball: LpBall) -> Bounds:
-    """Bounds [B, n_1] on z_1 over the ball (∩ box), as ``LpBall.linear_bounds`` of W_1's rows."""
+    """Bounds [B, n_1] on z_1 over the ball (∩ box), as ``LpBall.linear_bounds`` of W_1's rows
+    (in ``channels_last``'s order)."""
     lower = upper = None
     first = FirstLayer(net)
     if ball.p == math.inf or ball.box is not None:
@@ -67,11 +69,39 @@ def first_layer_bounds(net: ReLUNet, ball: LpBall) -> Bounds:
     if ball.p != math.inf:
         at_x = first(ball.center)
         spread = ball.radius() * dual_row_norms(net, dual_exponent(ball.p))
+        ball_lower, ball_upper = at_x - spread, at_x + spread
         if lower is None:
-            lower, upper = at_x - spread, at_x + spread
-        else:  # the cube ∩ box contains the ball ∩ box: keep the tighter bound
-            lower, upper = torch.maximum(lower, at_x - spread), torch.minimum(upper, at_x + spread)
+            return ball_lower, ball_upper
+        # the cube ∩ box contains the ball ∩ box: keep the tighter bound. By a selection rather than
+        # torch.maximum / minimum, whose backward splits the gradient at ties (eight more passes
+        # over [B, n_1] per norm); here a tie sends it to the ball's bound, a subgradient as well
+        lower = torch.where(ball_lower >= lower, ball_lower, lower)
+        upper = torch.where(ball_upper <= upper, ball_upper, upper)
     return lower, upper
+
+
+def _relu_box(bounds: Bounds) -> tuple[Tensor, Tensor]:
+    """Centre and radius of the box [relu(l), relu(u)] of the activations (``mmru.verify.ibp``'s;
+    halved by a product, bit for bit the division, which is slower on the CPU)."""
+    lo, hi = torch.relu(bounds[0]), torch.relu(bounds[1])
+    return (hi + lo) * 0.5, (hi - lo) * 0.5
+
+
+def ibp_step(net: ReLUNet, k: int, prev: Bounds) -> Bounds:
+    """Bounds on z_k from bounds on z_{k-1} (k >= 1): the box W c + b -/+ |W| r."""
+    mid, rad = _relu_box(prev)
+    centre = channels_last.forward(net, k, mid)
+    spread = channels_last.forward(net, k, rad, absolute=True, bias=False)
+    return centre - spread, centre + spread
+
+
+def ibp_linear(net: ReLUNet, k: int, spec: Tensor, prev: Bounds) -> Bounds:
+    """Bounds on spec z_k for spec [B, m, n_k], layer k folded into the spec (``mmru.verify.ibp``)."""
+    mid, rad = _relu_box(prev)
+    rows = channels_last.transpose(net, k, spec)
+    centre = _dot(rows, mid) + affine.bias_dot(net, k, spec)
+    spread = _dot(rows.abs(), rad)
+    return centre - spread, centre + spread
 
 
 def ibp_hidden_bounds(net: ReLUNet, ball: LpBall) -> list[Bounds]:
@@ -134,12 +164,12 @@ def crown_lower(net: ReLUNet, spec: Tensor, ball: LpBall, hidden: list[Bounds]) 
     the ReLUs with pre-activation bounds ``hidden``, back-substituted (``backsubstitute``'s
     arithmetic for the lower bound only)."""
     last = len(net.layers) - 1
-    lam, const = affine.transpose(net, last, spec), affine.bias_dot(net, last, spec)
+    lam, const = channels_last.transpose(net, last, spec), affine.bias_dot(net, last, spec)
     for j in reversed(range(last)):
         r = relax(hidden[j], adaptive=True)
         lam, from_intercept = _RelaxedCoefficients.apply(lam, r.slope, r.lower_slope, r.intercept)
-        const = const + from_intercept + affine.bias_dot(net, j, lam)
-        lam = first_layer.transpose(net, lam) if j == 0 else affine.transpose(net, j, lam)
+        const = const + from_intercept + lam @ channels_last.bias_vector(net, j)
+        lam = channels_last.transpose(net, j, lam)
     lo, hi = ball.cube()
     return const + ball.extremes(lam, ball.center, lo, hi, _dot, ball.radius())[0]
 

@@ -52,24 +52,30 @@ def transpose(net: ReLUNet, k: int, lam: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
         return lam @ layer.weight
     lead = lam.shape[:-1]
-    c_in, h_in, w_in = in_shape(net, k)
-    c_out, h_out, w_out = net.layer_shapes[k]
-    # conv_transpose2d cannot infer the input size when the stride drops border pixels.
-    extra = []
-    for n_in, n_out, s, p, d, kk in zip(
-        (h_in, w_in), (h_out, w_out), layer.stride, layer.padding, layer.dilation, layer.kernel_size
-    ):
-        extra.append(n_in - ((n_out - 1) * s - 2 * p + d * (kk - 1) + 1))
     out = F.conv_transpose2d(
-        lam.reshape(-1, c_out, h_out, w_out),
+        lam.reshape(-1, *net.layer_shapes[k]),
         layer.weight,
         stride=layer.stride,
         padding=layer.padding,
-        output_padding=tuple(extra),
+        output_padding=transpose_padding(net, k),
         groups=layer.groups,
         dilation=layer.dilation,
     )
-    return out.reshape(*lead, c_in * h_in * w_in)
+    return out.reshape(*lead, input_size(net, k))
+
+
+def transpose_padding(net: ReLUNet, k: int) -> tuple[int, int]:
+    """``output_padding`` that makes conv layer k's transpose return its input's full size:
+    conv_transpose2d cannot infer the input size when the stride drops border pixels."""
+    layer = net.layers[k]
+    _, h_in, w_in = in_shape(net, k)
+    _, h_out, w_out = net.layer_shapes[k]
+    return tuple(
+        n_in - ((n_out - 1) * s - 2 * p + d * (kk - 1) + 1)
+        for n_in, n_out, s, p, d, kk in zip(
+            (h_in, w_in), (h_out, w_out), layer.stride, layer.padding, layer.dilation, layer.kernel_size
+        )
+    )
 
 
 def bias_vector(net: ReLUNet, k: int) -> torch.Tensor:
