@@ -6,7 +6,7 @@
   (mid-ramp: radii at half, beta 0.5; issue 17's goal: <= 10x and <= 30x plain; their ratios to
   plain are measured interleaved, in rounds of 4 plain / 4 union / 4 plain steps each after a step
   of its own, and the median, min and max of the per-round ratios reported, so that the machine's
-  drift cancels), each step's
+  drift cancels; with freed memory kept in the process, as ``train.py`` runs, ``mmru.allocator``), each step's
   matmul / convolution FLOPs forward + backward (``torch.utils.flop_counter``) and their ratio to
   plain's, the floor a time ratio can reach without changing the bounds, and, where it is measured (by default on CUDA;
   ``--compile on`` elsewhere), MMR-Universal through ``torch.compile`` (default and
@@ -45,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_regions import measure  # noqa: E402
 
+from mmru.allocator import keep_freed_memory  # noqa: E402
 from mmru.models import cnn_small  # noqa: E402
 from mmru.provenance import commit, hardware  # noqa: E402
 from mmru.regularizers.ibp_union import CROWNIBPUnion, IBPUnion  # noqa: E402
@@ -89,6 +90,8 @@ def train_step_figures(device: torch.device, compile_modes: list[str], repeats: 
         out[name] = measure(step(fn), device, n)
         out[name]["flops"] = _flops(step(fn))
         print(f"{name:>32}: {out[name]['ms']:9.1f} ms/step, {out[name]['flops'] / 1e9:7.2f} GFLOP", flush=True)
+    # the ratios as training takes them, with freed memory kept (the peaks above need it returned)
+    out["interleaved_keep_freed_memory"] = keep_freed_memory()
     for name, fn, _ in runs[2:4]:
         out[name]["interleaved"] = interleaved_ratio(step(runs[0][1]), step(fn), device, max(repeats, 3))
         ratio = out[name]["interleaved"]

@@ -1,5 +1,5 @@
 """The training bounds' fast paths against the plain maps they replace (issue 17 §4): the first
-layer's patch matmul, its sub-pixel transpose and the channels-last maps of every layer (forward
+layer's space-to-depth conv, its sub-pixel transpose and the channels-last maps of every layer (forward
 and transpose) against ``mmru.verify.affine``, values and weight gradients, on the conv shapes the
 nets use and on awkward ones; the hand-written backward of one CROWN layer against autograd of the
 same arithmetic."""
@@ -56,7 +56,7 @@ def _hwc(net: ReLUNet, k: int, t: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("shape", CONVS)
 @pytest.mark.parametrize("absolute, bias", [(False, True), (True, False)])
-def test_first_layer_by_patches_is_the_layer(shape, absolute, bias):
+def test_first_layer_by_phases_is_the_layer(shape, absolute, bias):
     net = _net(*shape)
     v = torch.rand(4, affine.input_size(net, 0), dtype=torch.float64)
     fast = _chw(net, 0, FirstLayer(net)(v, absolute=absolute, bias=bias))

@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mmru.allocator import keep_freed_memory
 from mmru.console import quiet_lightning
 from mmru.data import RobustDataModule
 from mmru.errors import ConfigError, TrainingDiverged
@@ -152,6 +153,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best (or last) checkpoint; returns the final metrics."""
     quiet_lightning()
     validate_config(cfg)
+    keep_freed_memory()  # no page faults on each step's large temporaries (CPU: CROWN-IBP 0.8x)
     init = initial_weights(cfg)
     if init is not None:
         rank_zero_info(f"init_from: the weights of {init.path} (md5 {init.md5}); optimizer, schedules and "

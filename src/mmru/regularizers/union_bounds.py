@@ -13,7 +13,7 @@ back-substitution over IBP's intermediate bounds), computed the cheap way a trai
     relaxations (adaptive lower slope) of IBP's intermediate bounds; only the lower bound,
     which halves ``mmru.verify.linear_bounds.backsubstitute``'s work, with a hand-written backward
     for each ReLU layer (``_RelaxedCoefficients``).
-The first conv layer's maps come from ``first_layer`` (patch matmul, sub-pixel transpose), where the
+The first conv layer's maps come from ``first_layer`` (space-to-depth conv, sub-pixel transpose), where the
 CPU's conv kernels are slowest, and values on a conv's output (the bounds of every hidden layer,
 CROWN's coefficients) are kept flat in channels-last (H, W, C) order (``channels_last``); tests
 compare every fast path with the plain map it replaces.
