@@ -119,6 +119,23 @@ def test_a_dense_first_layer_takes_the_plain_maps():
     assert torch.equal(channels_last.transpose(net, 0, lam), affine.transpose(net, 0, lam))
 
 
+def test_a_dilated_or_grouped_conv_takes_the_plain_maps_in_channels_last_order():
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(2, 4, 3, stride=2, padding=1, dilation=2), nn.Conv2d(4, 4, 3, padding=1, groups=2),
+              nn.Linear(4 * 3 * 3, 3)]
+    net = ReLUNet(layers, (2, 7, 7)).double()
+    v = torch.rand(3, affine.input_size(net, 0), dtype=torch.float64)
+    assert not FirstLayer(net).by_phases
+    torch.testing.assert_close(_chw(net, 0, FirstLayer(net)(v)), affine.forward(net, 0, v), rtol=0, atol=1e-12)
+    hidden = torch.randn(3, affine.input_size(net, 1), dtype=torch.float64)
+    torch.testing.assert_close(_chw(net, 1, channels_last.forward(net, 1, _hwc(net, 0, hidden))),
+                               affine.forward(net, 1, hidden), rtol=0, atol=1e-12)
+    for k in range(2):
+        lam = torch.randn(3, 2, affine.layer_size(net, k), dtype=torch.float64)
+        torch.testing.assert_close(_chw(net, k - 1, channels_last.transpose(net, k, _hwc(net, k, lam))),
+                                   affine.transpose(net, k, lam), rtol=0, atol=1e-12)
+
+
 def _split_products(lam, slope, alpha, intercept):
     """The CROWN layer as autograd would compute it from the split of lam into its signs."""
     pos = torch.relu(lam)
