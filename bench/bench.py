@@ -90,13 +90,6 @@ def train_step_figures(device: torch.device, compile_modes: list[str], repeats: 
         out[name] = measure(step(fn), device, n)
         out[name]["flops"] = _flops(step(fn))
         print(f"{name:>32}: {out[name]['ms']:9.1f} ms/step, {out[name]['flops'] / 1e9:7.2f} GFLOP", flush=True)
-    # the ratios as training takes them, with freed memory kept (the peaks above need it returned)
-    out["interleaved_keep_freed_memory"] = keep_freed_memory()
-    for name, fn, _ in runs[2:4]:
-        out[name]["interleaved"] = interleaved_ratio(step(runs[0][1]), step(fn), device, max(repeats, 3))
-        ratio = out[name]["interleaved"]
-        print(f"{name:>32}: {ratio['median']:.1f}x plain interleaved (per round {ratio['min']:.1f}-{ratio['max']:.1f}x, "
-              f"{ratio['rounds']} rounds)", flush=True)
     eager_grads = _grads(net, lambda: fast.training_loss(net, x, y).loss)
     for mode in compile_modes:
         compiled = torch.compile(fast.training_loss, mode=mode)
@@ -109,6 +102,13 @@ def train_step_figures(device: torch.device, compile_modes: list[str], repeats: 
             float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(grads, eager_grads))
         print(f"{name:>32}: {out[name]['ms']:9.1f} ms/step (compiled in {out[name]['compile_seconds']:.0f} s, "
               f"gradients within {out[name]['max_grad_rel_diff_vs_eager']:.1e} of eager)", flush=True)
+    # the ratios as training takes them, with freed memory kept (last: every peak above needs it returned)
+    out["interleaved_keep_freed_memory"] = keep_freed_memory()
+    for name, fn, _ in runs[2:4]:
+        out[name]["interleaved"] = interleaved_ratio(step(runs[0][1]), step(fn), device, max(repeats, 3))
+        ratio = out[name]["interleaved"]
+        print(f"{name:>32}: {ratio['median']:.1f}x plain interleaved (per round {ratio['min']:.1f}-{ratio['max']:.1f}x, "
+              f"{ratio['rounds']} rounds)", flush=True)
     return out
 
 
