@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -135,7 +136,7 @@ def certify_batch(
                 idx, n, _bounds(net64, x, y, idx, radius_eps, p, m)), radius_eps, m, True))
         if options.attack != "none":
             _stage(st, timings, "attack", _undecided(st, correct, radius_eps),
-                   lambda idx: _attack(net, x, y, idx, radius_eps, p, options, st))
+                   lambda idx: _attack(net, x, y, idx, radius_eps, p, options, st, indices))
     names = {NORMS[name]: name for name in eps}
     for p in (p for p in options.mip_order() if p in names):
         name = names[p]
@@ -202,9 +203,19 @@ def _bounds(net64, x, y, idx, eps, p, method) -> torch.Tensor:
     return bound_certify(net64, x[on].double(), y[on], eps, p, method).cpu()
 
 
-def _attack(net, x, y, idx, eps, p, options, st: _State) -> None:
+def _attack_seed(points: list[int], p: float) -> int:
+    """The seed of the attacks' random starts on these test points in this norm: a function of the
+    points and the norm only, so that a certification gives the same counterexamples in every
+    process, resumed or not (torch seeds a new process at random)."""
+    return zlib.crc32(f"{p}:{','.join(map(str, points))}".encode())
+
+
+def _attack(net, x, y, idx, eps, p, options, st: _State, indices: list[int]) -> None:
     on = idx.to(x.device)
-    x_adv = attack(net, x[on], y[on], eps, p, strength=options.attack).detach()
+    cuda = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the caller's random stream stays as it was
+        torch.manual_seed(_attack_seed([indices[i] for i in idx.tolist()], p))
+        x_adv = attack(net, x[on], y[on], eps, p, strength=options.attack).detach()
     ok = check_adversarial(net, x[on], x_adv, y[on], eps, p).cpu()
     norms = torch.full((len(x),), INF, dtype=torch.float64)
     norms[idx] = adversarial_norm(x[on].double(), x_adv.double(), p).cpu()
