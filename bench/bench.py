@@ -235,6 +235,7 @@ def published_cascade_figures(args, device: torch.device) -> dict:
     from mmru.data import DatasetUnavailable, RobustDataModule
 
     root = Path(__file__).resolve().parent.parent
+    keep_freed_memory()  # as certify.py runs the cascade
     out = {"points": args.published_points, "bounds": ["kw", "crown"], "attack": "strong", "mip": False}
     for dataset, model_file in PUBLISHED.items():
         dm = RobustDataModule(dataset, args.data_dir, (1, 28, 28), 10, limit_test=args.published_points, download=False)

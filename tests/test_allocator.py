@@ -1,6 +1,6 @@
 """mmru.allocator: with glibc told to keep freed memory, a large block allocated again takes no
 page faults; without it (the control, in its own process) it does, so the test shows the setting
-at work. Training sets it before any work."""
+at work. Training and certification set it before any work."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import sys
 import pytest
 
 import mmru.training
-from mmru.training import compose_train_config, train
+from mmru.certification import runner
+from mmru.certification.runner import run_certification
+from mmru.training import compose_config, compose_train_config, train
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="glibc's malloc only")
@@ -50,11 +52,15 @@ def test_kept_memory_is_reused_without_page_faults():
     assert _faults("default") >= 4 * 16384  # control: every page of every block
 
 
-def test_training_keeps_freed_memory(tmp_path, monkeypatch):
+def test_training_and_certification_keep_freed_memory(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(mmru.training, "keep_freed_memory", lambda: calls.append(True) or True)
+    for module in (mmru.training, runner):
+        monkeypatch.setattr(module, "keep_freed_memory", lambda module=module: calls.append(module.__name__) or True)
     cfg = compose_train_config(["logger=none", "datamodule.limit_train=64", "datamodule.limit_test=64",
                                 "batch_size=64", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
                                 "trainer.enable_model_summary=false"], tmp_path)
-    train(cfg)
-    assert calls == [True]
+    checkpoint = train(cfg)["checkpoint"]
+    assert calls == ["mmru.training"]
+    run_certification(compose_config("certify", [f"ckpt={checkpoint}", f"out_dir={tmp_path / 'certify'}", "n_points=2",
+                                                 "attack=none", "mip=false", "wandb.enabled=false", "progress=false"]))
+    assert calls == ["mmru.training", "mmru.certification.runner"]
