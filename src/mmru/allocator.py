@@ -9,8 +9,9 @@ step, and with this setting none, at about 0.83x the step time (three pairs of p
 alternated); plain and IBP-union steps are unchanged. The certification cascade's bounds and
 attacks do the same: a no-MIP run on 100 points x 3 norms of both published networks took 9
 million faults, 0.4 million with the setting, and the cascade 0.61x (MNIST) and 0.73x (F-MNIST)
-the time, with the same LB and UB once the attacks were seeded (``cascade._attack_seed``). The cost: the process keeps the memory of its largest step resident instead of
-giving it back between steps. ``train.py`` and ``certify.py`` set it; the MIP workers, spawned,
+the time, with the same LB and UB once the attacks were seeded (``cascade._attack_seed``). The
+cost: the process keeps the memory of its largest step resident instead of giving it back
+between steps. ``train.py`` and ``certify.py`` set it; the MIP workers, spawned,
 keep glibc's defaults.
 """
 

@@ -34,6 +34,7 @@ from mmru.regularizers import channels_last
 from mmru.regularizers.first_layer import FirstLayer
 from mmru.verify import affine
 from mmru.verify.ball import LpBall
+from mmru.verify.ibp import relu_box
 from mmru.verify.relaxation import relax
 
 Bounds = tuple[Tensor, Tensor]
@@ -80,16 +81,9 @@ def first_layer_bounds(net: ReLUNet, ball: LpBall) -> Bounds:
     return lower, upper
 
 
-def _relu_box(bounds: Bounds) -> tuple[Tensor, Tensor]:
-    """Centre and radius of the box [relu(l), relu(u)] of the activations (``mmru.verify.ibp``'s;
-    halved by a product, bit for bit the division, which is slower on the CPU)."""
-    lo, hi = torch.relu(bounds[0]), torch.relu(bounds[1])
-    return (hi + lo) * 0.5, (hi - lo) * 0.5
-
-
 def ibp_step(net: ReLUNet, k: int, prev: Bounds) -> Bounds:
     """Bounds on z_k from bounds on z_{k-1} (k >= 1): the box W c + b -/+ |W| r."""
-    mid, rad = _relu_box(prev)
+    mid, rad = relu_box(prev)
     centre = channels_last.forward(net, k, mid)
     spread = channels_last.forward(net, k, rad, absolute=True, bias=False)
     return centre - spread, centre + spread
@@ -97,7 +91,7 @@ def ibp_step(net: ReLUNet, k: int, prev: Bounds) -> Bounds:
 
 def ibp_linear(net: ReLUNet, k: int, spec: Tensor, prev: Bounds) -> Bounds:
     """Bounds on spec z_k for spec [B, m, n_k], layer k folded into the spec (``mmru.verify.ibp``)."""
-    mid, rad = _relu_box(prev)
+    mid, rad = relu_box(prev)
     rows = channels_last.transpose(net, k, spec)
     centre = _dot(rows, mid) + affine.bias_dot(net, k, spec)
     spread = _dot(rows.abs(), rad)
